@@ -1,0 +1,70 @@
+"""The single ``cfqa`` command. Each package owns its subcommands.
+
+A package contributes commands through a module exposing
+``register(subparsers) -> None``; the handlers it installs (``func``) import
+their heavy dependencies lazily so that ``cfqa --help`` and the torch-free
+edge install stay fast and light.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from cfqa_core.errors import CfqaError
+
+# Order is the order of groups in --help. A group whose optional
+# dependencies are missing is skipped, with the reason shown on use.
+COMMAND_MODULES: tuple[str, ...] = (
+    "cfqa_core.commands",
+    "edge.commands",
+    "cloud.commands",
+    "sim.commands",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cfqa",
+        description="Edge-cloud split inference with compressed features (CFQA).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and name.startswith(exc.name):
+                continue  # the package itself is absent in this install
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except CfqaError as exc:
+        print(f"cfqa {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        print(
+            f"cfqa {args.command}: error: missing dependency '{exc.name}'; "
+            "install the matching extra, e.g. pip install 'cfqa-edgecloud[full]'",
+            file=sys.stderr,
+        )
+        return 2
+    except FileNotFoundError as exc:
+        print(f"cfqa {args.command}: error: file not found: {exc.filename or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cfqa {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

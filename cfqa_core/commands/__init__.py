@@ -1,0 +1,13 @@
+"""Subcommands owned by cfqa_core; each module exposes ``register(sub)``."""
+from __future__ import annotations
+
+import importlib
+
+_MODULES = (
+    "cfqa_core.commands.models_cmd",
+)
+
+
+def register(sub) -> None:
+    for name in _MODULES:
+        importlib.import_module(name).register(sub)

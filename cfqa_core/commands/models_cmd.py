@@ -1,0 +1,156 @@
+"""``cfqa train``, ``cfqa models eval``, ``cfqa infer``, ``cfqa features``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cfqa_core.errors import DataError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the embedded default model on synthetic scenes (CPU)")
+    p.add_argument("--out", default=None, help="output folder (default: the package's embedded weights)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--n-train", type=int, default=None)
+    p.add_argument("--n-val", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_train)
+
+    models = sub.add_parser("models", help="inspect and evaluate models")
+    msub = models.add_subparsers(dest="models_command", metavar="ACTION")
+    msub.required = True
+    e = msub.add_parser("eval", help="task metrics against ground truth on a split")
+    e.add_argument("--model", default="embedded")
+    e.add_argument("--split", default="val", choices=["val", "bench", "train"])
+    e.add_argument("--n", type=int, default=500, help="number of images")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_eval)
+    i = msub.add_parser("info", help="architecture and metadata of a model")
+    i.add_argument("--model", default="embedded")
+    i.set_defaults(func=_info)
+
+    inf = sub.add_parser("infer", help="class, segmentation and depth for one image")
+    inf.add_argument("image")
+    inf.add_argument("--model", default="embedded")
+    inf.add_argument("--out", default=None, help="folder for seg/depth PNGs")
+    inf.add_argument("--json", action="store_true")
+    inf.set_defaults(func=_infer)
+
+    f = sub.add_parser("features", help="tokens after block K (before the final norm) as .npy")
+    f.add_argument("input", help="an image, or a .npy of preprocessed pixels N x 3 x H x W float32")
+    f.add_argument("--model", default="embedded", help="'embedded' or a local path (HF folder, .pth)")
+    f.add_argument("--block", type=int, required=True)
+    f.add_argument("--out", required=True)
+    f.set_defaults(func=_features)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from cfqa_core.models.zoo import EMBEDDED_DIR
+    from cfqa_core.training.train_model import TrainConfig, train
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                 if getattr(args, f.name, None) is not None}
+    report = train(TrainConfig(**overrides), args.out or EMBEDDED_DIR)
+    print(json.dumps(report["metrics_val"], indent=2))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from cfqa_core.data.dataset import load_split
+    from cfqa_core.evaluation import evaluate
+    from cfqa_core.models import load_model
+
+    model = load_model(args.model)
+    scenes = load_split(args.split, args.n, task="cls" if args.split == "bench" else None, workers=2,
+                        progress=not args.json)
+    metrics = {"model": args.model, "split": args.split, **evaluate(model, scenes, progress=not args.json)}
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for k, v in metrics.items():
+            print(f"{k:>24}: {v:.4f}" if isinstance(v, float) else f"{k:>24}: {v}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from cfqa_core.models import load_model
+
+    model = load_model(args.model)
+    info = {**model.meta.to_dict(), "parameters": sum(p.numel() for p in model.parameters()),
+            "tokens": model.num_tokens}
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from cfqa_core.data.dataset import read_image
+    from cfqa_core.inference import extract_features, predict
+    from cfqa_core.models import load_model
+
+    image = read_image(args.image)
+    model = load_model(args.model)
+    cls = predict(model, "cls", extract_features(model, "cls", [image]))[0]
+    probs = np.exp(cls.logits - cls.logits.max())
+    probs /= probs.sum()
+    names = model.meta.class_names
+    top = np.argsort(-probs)[:5]
+    result = {
+        "image": str(args.image),
+        "class_id": cls.top1,
+        "class_name": names[cls.top1] if names else str(cls.top1),
+        "top5": [{"class_id": int(i) + 1, "score": float(probs[i])} for i in top],
+    }
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        seg = predict(model, "seg", extract_features(model, "seg", [image]))[0]
+        dpt = predict(model, "dpt", extract_features(model, "dpt", [image]))[0]
+        stem = Path(args.image).stem
+        Image.fromarray(seg.mask).save(out / f"{stem}_seg.png")
+        mm = np.clip(dpt.depth * 1000.0, 0, 65535).astype(np.uint16)  # millimetres, 16-bit
+        Image.fromarray(mm).save(out / f"{stem}_depth.png")
+        result["seg_png"] = str(out / f"{stem}_seg.png")
+        result["depth_png"] = str(out / f"{stem}_depth.png")
+        result["depth_unit"] = "mm"
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['class_name']} (class {result['class_id']}, p={result['top5'][0]['score']:.3f})")
+        for key in ("seg_png", "depth_png"):
+            if key in result:
+                print(f"{key}: {result[key]}")
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    import torch
+
+    from cfqa_core.data.dataset import read_image
+    from cfqa_core.models import load_model
+    from cfqa_core.tasks import make_views
+
+    model = load_model(args.model)
+    src = Path(args.input)
+    if src.suffix == ".npy":
+        if not src.is_file():
+            raise DataError(f"input not found: {src}")
+        pixels = np.load(src)
+        if pixels.ndim != 4 or pixels.shape[1] != 3 or pixels.dtype != np.float32:
+            raise DataError(f"{src}: expected float32 pixels N x 3 x H x W, got {pixels.dtype} {pixels.shape}")
+    else:
+        pixels = make_views("cls", read_image(src), model.image_size)
+    with torch.inference_mode():
+        tokens = model.backbone.forward_until(torch.from_numpy(pixels), args.block).numpy()
+    np.save(args.out, tokens.astype(np.float32))
+    print(f"{args.out}: {tokens.shape} float32 (block {args.block}, pre-norm)", file=sys.stderr)
+    return 0

@@ -1,0 +1,70 @@
+"""Task heads in the style of DINOv2's linear evaluation.
+
+All heads read *final-normed* tokens, as DINOv2's evaluation does:
+- Cls: linear layer on [CLS || mean of patch tokens] of the last block.
+- Seg: linear layer on the patch tokens of the last block, bilinearly upsampled.
+- Dpt: linear layer on [patch || CLS] of four blocks, predicting a softmax over
+  uniform depth bins whose expectation is the depth (DINOv2's ``linear4``
+  depth head with classification bins).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _patch_grid(patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """N x P x C patch tokens -> N x C x h x w feature map."""
+    n, p, c = patches.shape
+    h, w = grid
+    return patches.transpose(1, 2).reshape(n, c, h, w)
+
+
+class ClsHead(nn.Module):
+    def __init__(self, embed_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2 * embed_dim, num_classes)
+
+    def forward(self, cls_token: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """Class logits N x num_classes."""
+        return self.fc(torch.cat((cls_token, patches.mean(dim=1)), dim=-1))
+
+
+class SegHead(nn.Module):
+    def __init__(self, embed_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(embed_dim, num_classes)
+
+    def forward(self, patches: torch.Tensor, grid: tuple[int, int], out_size: tuple[int, int]) -> torch.Tensor:
+        """Per-pixel class logits N x num_classes x H x W."""
+        logits = _patch_grid(self.fc(patches), grid)
+        return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+
+
+class DepthHead(nn.Module):
+    def __init__(
+        self,
+        embed_dim: int,
+        num_levels: int = 4,
+        n_bins: int = 64,
+        min_depth: float = 0.1,
+        max_depth: float = 16.0,
+    ) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2 * embed_dim * num_levels, n_bins)
+        self.register_buffer("bins", torch.linspace(min_depth, max_depth, n_bins), persistent=False)
+
+    def forward(
+        self,
+        levels: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        grid: tuple[int, int],
+        out_size: tuple[int, int],
+    ) -> torch.Tensor:
+        """Depth N x H x W in metres from [(cls, patches), ...] of each level."""
+        feats = [torch.cat((p, c.unsqueeze(1).expand_as(p)), dim=-1) for c, p in levels]
+        logits = _patch_grid(self.fc(torch.cat(feats, dim=-1)), grid)
+        logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+        return torch.einsum("nkhw,k->nhw", logits.softmax(dim=1), self.bins)
