@@ -20,6 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--low-res-fraction", type=float, default=None,
+                   help="share of steps at the lower input size (progressive resizing)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--init-from", default=None, help="continue training from a saved model folder")
     p.set_defaults(func=_train)
 
     models = sub.add_parser("models", help="inspect and evaluate models")

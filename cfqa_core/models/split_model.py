@@ -23,14 +23,14 @@ class ModelMeta:
     seg_classes: int = 0
     class_names: tuple[str, ...] = ()
     max_depth: float = 16.0
-    feature_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # Per task: [lo, hi], or one [lo, hi] per block (dpt), for truncation before quantisation.
+    feature_ranges: dict[str, list] = field(default_factory=dict)
     version: str = "0"
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["config"] = self.config.to_dict()
         d["class_names"] = list(self.class_names)
-        d["feature_ranges"] = {k: list(v) for k, v in self.feature_ranges.items()}
         return d
 
     @classmethod
@@ -38,7 +38,7 @@ class ModelMeta:
         d = dict(d)
         d["config"] = ViTConfig(**d["config"])
         d["class_names"] = tuple(d.get("class_names", ()))
-        d["feature_ranges"] = {k: tuple(v) for k, v in d.get("feature_ranges", {}).items()}
+        d.setdefault("feature_ranges", {})
         return cls(**d)
 
 

@@ -46,6 +46,7 @@ class TrainConfig:
     w_cls: float = 1.0
     w_seg: float = 1.0
     w_dpt: float = 0.5
+    init_from: str | None = None  # continue from saved weights (a folder written by save_model)
 
 
 def _lr_at(step: int, cfg: TrainConfig) -> float:
@@ -77,15 +78,23 @@ def _batch(data, idx: np.ndarray, rng: np.random.Generator, res: int, stride: in
     return x, y, m[:, :grid, :grid], d[:, :grid, :grid]
 
 
-def feature_ranges(model: SplitModel, scenes, n: int = 64) -> dict[str, tuple[float, float]]:
-    """Per-task truncation ranges: the 0.01 % / 99.99 % quantiles of the tokens the edge sends."""
+def feature_ranges(model: SplitModel, scenes, n: int = 64, q: float = 1e-4) -> dict[str, list]:
+    """Per-task truncation ranges from the tokens the edge sends (the seed's max_min, robustly).
+
+    The ``q`` / ``1 - q`` quantiles rather than the extremes, so one outlier
+    token does not stretch the 10-bit grid. Dpt gets one range per block,
+    as its blocks differ in scale.
+    """
     from cfqa_core.inference import extract_features
 
-    ranges = {}
+    ranges: dict[str, list] = {}
     for task in ("cls", "seg", "dpt"):
         f = extract_features(model, task, scenes.images[:n])
-        lo, hi = np.quantile(f, [1e-4, 1 - 1e-4])
-        ranges[task] = (float(lo), float(hi))
+        if task == "dpt":
+            per_block = np.moveaxis(f, 2, 0).reshape(f.shape[2], -1)
+            ranges[task] = [[float(v) for v in np.quantile(b, [q, 1 - q])] for b in per_block]
+        else:
+            ranges[task] = [float(v) for v in np.quantile(f, [q, 1 - q])]
     return ranges
 
 
@@ -108,7 +117,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
         max_depth=16.0,
         version="1",
     )
-    model = SplitModel(DinoVisionTransformer(meta.config), meta)
+    if cfg.init_from:
+        from cfqa_core.models.zoo import load_model
+
+        model = load_model(cfg.init_from)
+        model.meta.version = str(int(model.meta.version) + 1) if model.meta.version.isdigit() else "1"
+        meta = model.meta
+    else:
+        model = SplitModel(DinoVisionTransformer(meta.config), meta)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "pos_embed" in n]
     opt = torch.optim.AdamW(
