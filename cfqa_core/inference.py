@@ -13,7 +13,7 @@ import torch
 
 from cfqa_core.errors import DataError
 from cfqa_core.models.split_model import SplitModel
-from cfqa_core.tasks import get_task, label_rank, make_views, merge_flip, miou, rmse
+from cfqa_core.tasks import get_task, make_views, merge_flip, miou, rmse
 
 
 @dataclass
@@ -107,14 +107,3 @@ def task_score(output: TaskOutput, *, label: int | None = None, mask: np.ndarray
     if depth is None:
         raise DataError("dpt score needs a ground-truth depth map")
     return rmse(output.depth, depth)
-
-
-def semantic_distortion(output: TaskOutput, reference: TaskOutput, **gt) -> float:
-    """The paper's ground-truth semantic distortion of ``output`` versus the original's ``reference``.
-
-    cls: rank of the true label in the logits (1 = best); seg: mIoU(f^) - mIoU(f);
-    dpt: RMSE(f^) - RMSE(f), all against ground truth.
-    """
-    if output.task == "cls":
-        return float(label_rank(output.logits, int(gt["label"]) - 1))
-    return task_score(output, **gt) - task_score(reference, **gt)

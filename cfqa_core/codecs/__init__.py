@@ -7,3 +7,6 @@ from cfqa_core.codecs.base import (  # noqa: F401
     register_codec,
     registered_names,
 )
+
+# Built-in codecs register themselves on import.
+from cfqa_core.codecs import av1, hevc, reference, vvc  # noqa: E402,F401
