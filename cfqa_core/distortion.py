@@ -11,10 +11,7 @@ original f, against ground truth:
 from __future__ import annotations
 
 from cfqa_core.inference import TaskOutput, task_score
-from cfqa_core.tasks import label_rank
-
-# +1: the distortion grows as quality drops; -1: it falls.
-DISTORTION_DIRECTION = {"cls": +1, "seg": -1, "dpt": +1}
+from cfqa_core.tasks import DISTORTION_DIRECTION, label_rank  # noqa: F401
 
 
 def semantic_distortion(output: TaskOutput, reference: TaskOutput, **gt) -> float:

@@ -39,6 +39,11 @@ _SPECS = {
 }
 
 
+# The paper's ground-truth distortion grows (+1) or falls (-1) as quality drops:
+# cls rank rises, seg mIoU difference falls, dpt RMSE difference rises.
+DISTORTION_DIRECTION = {"cls": +1, "seg": -1, "dpt": +1}
+
+
 def get_task(name: str) -> TaskSpec:
     if name not in _SPECS:
         raise DataError(f"unknown task '{name}' (known: {', '.join(TASKS)})")

@@ -6,6 +6,7 @@ import importlib
 _MODULES = (
     "cfqa_core.commands.models_cmd",
     "cfqa_core.commands.dataset_cmd",
+    "cfqa_core.commands.bench_cmd",
 )
 
 

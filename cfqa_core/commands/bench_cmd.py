@@ -1,0 +1,109 @@
+"""``cfqa bench``: the CFQA PLCC/SROCC benchmark of quality metrics on a benchmark table.
+
+    cfqa bench --table BUILD/table.parquet [--out REPORT] [--metrics mse,cosine,cka] [--json]
+    cfqa bench --from-seed CFQA_DATASET [--out DIR] [--json]
+
+``--table`` reads a table from ``cfqa dataset build``; ``--from-seed`` first
+ingests the reference dataset's released layout (original and compressed
+``.npy`` features with ground-truth distortions, see ``cfqa_core.bench.seed_ingest``),
+computing the metrics on every pair, and writes that table to ``OUT/table.parquet``.
+With ``--json`` one JSON object keyed ``"codec/task/metric"`` is printed
+(files are written only when ``--out`` is given); otherwise the report
+(report.md/.json, CSVs, plots) is written and its Markdown table printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cfqa_core.errors import DataError
+
+SEED_METRICS: tuple[str, ...] = ("mse", "psnr", "cosine", "cosine_flat", "cka", "cka_seed")
+
+
+def _csv(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise DataError(f"empty list '{text}'")
+    return items
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="CFQA benchmark: PLCC/SROCC of quality metrics vs semantic distortion")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--table", help="benchmark table (table.parquet or its build folder)")
+    src.add_argument("--from-seed", metavar="PATH", help="the reference CFQA dataset folder (org_feat/, compressed_feat/)")
+    p.add_argument("--out", help="report folder (default: TABLE_DIR/report, or PATH/cfqa_bench for --from-seed)")
+    p.add_argument("--metrics", help="comma list of metric columns (default: every registered metric in the table)")
+    p.add_argument("--codecs", help="--from-seed only: comma list of codec folders (default: all)")
+    p.add_argument("--tasks", help="--from-seed only: comma list of tasks (default: cls,seg,dpt)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    p.add_argument("--json", action="store_true", help="print {codec/task/metric: {plcc, srocc, n}} as JSON")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _load_table(args):
+    from cfqa_core.benchdata.schema import read_table
+
+    path = Path(args.table)
+    table = read_table(path)
+    out = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "report"
+    return table, out, str(path)
+
+
+def _ingest(args, metrics):
+    from cfqa_core.bench.seed_ingest import SEED_LOG_METRICS, ingest_seed, write_ingest_summary
+
+    root = Path(args.from_seed)
+    if not root.is_dir():
+        raise DataError(f"seed dataset folder not found: {root}")
+    wanted = list(metrics or SEED_METRICS)
+    computed = [m for m in wanted if m not in SEED_LOG_METRICS]  # seed_* columns come from the logs
+    out = Path(args.out) if args.out else root / "cfqa_bench"
+    table = ingest_seed(root, computed, tasks=_csv(args.tasks), codecs=_csv(args.codecs), progress=not args.json,
+                        cache_dir=out / "seed_cache" if (args.out or not args.json) else None)
+    if args.out or not args.json:
+        out.mkdir(parents=True, exist_ok=True)
+        table.to_parquet(out / "table.parquet", index=False)
+        write_ingest_summary(table, out, root)
+    if metrics:
+        return table, out, str(root), wanted
+    logged = [c for c in SEED_LOG_METRICS if c in table.columns and table[c].notna().any()]
+    return table, out, str(root), [*wanted, *logged]
+
+
+def _cmd_bench(args) -> int:
+    from cfqa_core.bench.protocol import resolve_metrics
+
+    metrics = _csv(args.metrics)  # checked against the registry and the table's columns below
+    if args.table:
+        if args.codecs or args.tasks:
+            raise DataError("--codecs/--tasks apply to --from-seed only")
+        table, out, source = _load_table(args)
+    else:
+        table, out, source, metrics = _ingest(args, metrics)
+    metrics = resolve_metrics(table, metrics)
+
+    if args.json:
+        from cfqa_core.bench.protocol import run_protocol
+        from cfqa_core.bench.report import build_report
+
+        if args.out:
+            results = build_report(table, out, metrics, source=source, make_plots=not args.no_plots).results
+        else:
+            results = run_protocol(table, metrics)[1]
+        print(json.dumps({k: {"plcc": v["plcc"], "srocc": v["srocc"], "n": v["n"]} for k, v in results.items()}))
+        return 0
+
+    from cfqa_core.bench.report import build_report
+
+    report = build_report(table, out, metrics, source=source, make_plots=not args.no_plots)
+    print(report.table_markdown)
+    print()
+    for v in report.verdicts:
+        print(f"- {v.claim}: {v.status}. {v.detail}")
+    print(f"\nreport: {out / 'report.md'}")
+    return 0
