@@ -11,7 +11,7 @@ original f, against ground truth:
 from __future__ import annotations
 
 from cfqa_core.inference import TaskOutput, task_score
-from cfqa_core.tasks import DISTORTION_DIRECTION, label_rank  # noqa: F401
+from cfqa_core.tasks import label_rank
 
 
 def semantic_distortion(output: TaskOutput, reference: TaskOutput, **gt) -> float:

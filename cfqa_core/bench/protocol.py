@@ -37,10 +37,7 @@ LEARNED_FAMILIES = frozenset({"learned", "hyperprior"})
 
 def _distortion_direction() -> dict[str, int]:
     """{task: +1 if its GT distortion grows as quality drops, -1 if it falls}."""
-    try:  # a torch-free home of the constant, when the tasks module has it
-        from cfqa_core.tasks import DISTORTION_DIRECTION
-    except ImportError:  # cfqa_core.distortion pulls in the task heads (torch): import late
-        from cfqa_core.distortion import DISTORTION_DIRECTION
+    from cfqa_core.tasks import DISTORTION_DIRECTION
 
     return dict(DISTORTION_DIRECTION)
 
