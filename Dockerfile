@@ -1,0 +1,39 @@
+# Cloud inference server: cfqa cloud serve (gRPC, port 50051).
+#   docker build -t cfqa-cloud .
+#   docker run --rm -p 50051:50051 cfqa-cloud                     # plaintext, no token
+#   docker run --rm -p 50051:50051 -e CFQA_TOKEN=secret \
+#       -v $PWD/certs:/certs:ro cfqa-cloud --tls-cert /certs/cert.pem --tls-key /certs/key.pem
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    OMP_NUM_THREADS=2
+
+# Codec tools used by the block codecs besides the FFmpeg bundled with PyAV.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends x265 libde265-examples \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/cfqa
+COPY pyproject.toml README.md ./
+COPY cfqa_core ./cfqa_core
+COPY edge ./edge
+COPY cloud ./cloud
+COPY proto ./proto
+COPY sim ./sim
+
+# torch==2.13.0 (pinned in [full]) from the CPU wheel index: no CUDA libraries in the image.
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
+ && pip install ".[full]"
+
+RUN useradd --system --uid 10001 cfqa
+USER cfqa
+
+EXPOSE 50051
+# SIGTERM (docker stop) finishes in-flight calls within --grace seconds; keep docker's
+# stop timeout above it: docker stop -t 40.
+STOPSIGNAL SIGTERM
+# Plaintext probe of the standard health service; with TLS, override it (docker run --no-healthcheck).
+HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; ch = grpc.insecure_channel('127.0.0.1:50051'); assert g.HealthStub(ch).Check(h.HealthCheckRequest(), timeout=4).status == h.HealthCheckResponse.SERVING" || exit 1
+ENTRYPOINT ["cfqa", "cloud", "serve", "--port", "50051", "--grace", "30"]

@@ -1,0 +1,216 @@
+"""The cloud's work, free of any network code: decode, de-quantise, run the rest, run the heads.
+
+``InferenceEngine.infer(InferenceRequest) -> InferenceResult`` is what the gRPC
+servicer calls after converting the wire message; tests and benchmarks call it
+directly. ``validate`` does every cheap check (model, version, split, task,
+codec, shape) so that a bad request is refused before it waits for compute.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cfqa_core.codecs.base import EncodedFeature, FeatureCodec, get_codec
+from cfqa_core.errors import CfqaError, CodecError, DataError, ModelError
+from cfqa_core.models.split_model import SplitModel
+from cfqa_core.tasks import TASKS, feature_shape
+from proto.convert import load_codecs
+
+DEFAULT_TOP_K = 5
+
+
+class UnknownModelError(ModelError):
+    """The request names a model this server does not serve (gRPC NOT_FOUND)."""
+
+
+class ModelVersionError(ModelError):
+    """The request pins a model version other than the one served (gRPC FAILED_PRECONDITION)."""
+
+
+class RequestError(DataError):
+    """A malformed request: bad split, task, shape or payload set (gRPC INVALID_ARGUMENT)."""
+
+
+@dataclass(frozen=True)
+class TaskPayload:
+    """One task's compressed feature as received."""
+
+    task: str
+    encoded: EncodedFeature
+    metric_score: float | None = None
+
+
+@dataclass
+class InferenceRequest:
+    """Everything the cloud needs for one frame."""
+
+    model_id: str
+    split: int
+    payloads: list[TaskPayload]
+    model_version: str = ""
+    node_id: str = ""
+    frame_id: int = 0
+    top_k: int = 0
+
+
+@dataclass
+class TaskPrediction:
+    """One task's output: ``top_k`` [(class_id, label, prob)] (cls), ``mask`` (seg) or ``depth`` in metres (dpt)."""
+
+    task: str
+    top_k: list[tuple[int, str, float]] = field(default_factory=list)
+    mask: np.ndarray | None = None
+    depth: np.ndarray | None = None
+
+
+@dataclass
+class InferenceResult:
+    model_id: str
+    model_version: str
+    predictions: list[TaskPrediction]
+    decode_s: float = 0.0
+    compute_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A validated request: its model and codecs resolved."""
+
+    request: InferenceRequest
+    model: SplitModel
+    codecs: tuple[FeatureCodec, ...]
+
+
+def load_models(specs: Sequence[str]) -> dict[str, SplitModel]:
+    """Load models by name or path; each is served under its meta name and under the spec given."""
+    from cfqa_core.models import load_model
+
+    models: dict[str, SplitModel] = {}
+    for spec in specs:
+        model = load_model(spec)
+        models[model.meta.name] = model
+        models.setdefault(str(spec), model)
+    return models
+
+
+def _softmax_top_k(logits: np.ndarray, k: int, names: Sequence[str]) -> list[tuple[int, str, float]]:
+    z = logits.astype(np.float64) - float(np.max(logits))
+    p = np.exp(z) / np.exp(z).sum()
+    order = np.argsort(-p, kind="stable")[: max(1, k)]
+    # Head index i is object class i + 1 (class 0 is the background of seg).
+    return [(int(i) + 1, names[i + 1] if i + 1 < len(names) else str(i + 1), float(p[i])) for i in order]
+
+
+class InferenceEngine:
+    """Serves one or more loaded ``SplitModel``s; thread-safe (models are only read)."""
+
+    def __init__(self, models: Mapping[str, SplitModel], *, default_top_k: int = DEFAULT_TOP_K) -> None:
+        if not models:
+            raise ModelError("the inference engine needs at least one model")
+        load_codecs()
+        self.models = dict(models)
+        self.default_top_k = default_top_k
+        self._lock = threading.Lock()
+        self.frames_computed = 0
+
+    @classmethod
+    def from_specs(cls, specs: Sequence[str], **kwargs) -> InferenceEngine:
+        return cls(load_models(specs), **kwargs)
+
+    def model_versions(self) -> dict[str, str]:
+        """{model id: version} of the models served under their own names."""
+        return {name: m.meta.version for name, m in self.models.items() if name == m.meta.name}
+
+    # ---- checks ------------------------------------------------------------------------
+    def validate(self, req: InferenceRequest) -> _Checked:
+        """Resolve the model and codecs and check every payload's shape (no decoding)."""
+        if not req.model_id:
+            raise RequestError("request names no model (model_id is empty)")
+        model = self.models.get(req.model_id)
+        if model is None:
+            raise UnknownModelError(f"unknown model '{req.model_id}' (served: {', '.join(sorted(self.models))})")
+        if req.model_version and req.model_version != model.meta.version:
+            raise ModelVersionError(
+                f"model '{req.model_id}' is version {model.meta.version}, request pins {req.model_version}"
+            )
+        if not 1 <= req.split <= model.depth:
+            raise RequestError(f"split block {req.split} outside 1..{model.depth} of model '{req.model_id}'")
+        if not req.payloads:
+            raise RequestError("request carries no task payload")
+        seen: set[str] = set()
+        codecs = []
+        for p in req.payloads:
+            if p.task not in TASKS:
+                raise RequestError(f"unknown task '{p.task}' (known: {', '.join(TASKS)})")
+            if p.task in seen:
+                raise RequestError(f"task '{p.task}' appears twice in one request")
+            seen.add(p.task)
+            if not model.has_head(p.task):
+                raise RequestError(f"model '{req.model_id}' has no {p.task} head")
+            want = feature_shape(p.task, req.split, model.depth, model.num_tokens, model.backbone.cfg.embed_dim)
+            got = tuple(int(s) for s in p.encoded.meta.get("shape", ()))
+            if got != want:
+                raise RequestError(
+                    f"{p.task} feature shape {got} does not match model '{req.model_id}' "
+                    f"at split {req.split} (expected {want})"
+                )
+            codec = get_codec(p.encoded.codec)
+            codec.require_available()
+            codecs.append(codec)
+        return _Checked(req, model, tuple(codecs))
+
+    # ---- work --------------------------------------------------------------------------
+    def decode(self, checked: _Checked) -> list[np.ndarray]:
+        """Decoded float32 features, one per payload (CodecError on a corrupt bitstream)."""
+        out = []
+        for p, codec in zip(checked.request.payloads, checked.codecs):
+            try:
+                feature = codec.decode(p.encoded)
+            except CodecError as exc:
+                raise CodecError(f"{p.task} payload: {exc}") from None
+            except CfqaError:
+                raise
+            except Exception as exc:  # a decoder library choking on garbage
+                raise CodecError(f"{p.task} payload: corrupt {p.encoded.codec} bitstream ({exc})") from None
+            want = tuple(p.encoded.meta["shape"])
+            if feature.shape != want or not np.isfinite(feature).all():
+                raise CodecError(f"{p.task} payload: decoded feature is {feature.shape}, not a finite {want}")
+            out.append(np.asarray(feature, dtype=np.float32))
+        return out
+
+    def compute(self, checked: _Checked, features: Sequence[np.ndarray]) -> list[TaskPrediction]:
+        """Remaining blocks and heads for each decoded feature."""
+        from cfqa_core.inference import predict
+
+        req, model = checked.request, checked.model
+        k = req.top_k or self.default_top_k
+        preds = []
+        for p, feature in zip(req.payloads, features):
+            out = predict(model, p.task, feature[None], req.split)[0]
+            if p.task == "cls":
+                preds.append(TaskPrediction("cls", top_k=_softmax_top_k(out.logits, k, model.meta.class_names)))
+            elif p.task == "seg":
+                preds.append(TaskPrediction("seg", mask=out.mask))
+            else:
+                preds.append(TaskPrediction("dpt", depth=out.depth))
+        return preds
+
+    def run(self, checked: _Checked) -> InferenceResult:
+        """Decode and compute a validated request."""
+        t0 = time.perf_counter()
+        features = self.decode(checked)
+        t1 = time.perf_counter()
+        preds = self.compute(checked, features)
+        t2 = time.perf_counter()
+        with self._lock:
+            self.frames_computed += 1
+        meta = checked.model.meta
+        return InferenceResult(checked.request.model_id, meta.version, preds, decode_s=t1 - t0, compute_s=t2 - t1)
+
+    def infer(self, req: InferenceRequest) -> InferenceResult:
+        """Validate, decode and compute one request."""
+        return self.run(self.validate(req))

@@ -1,0 +1,43 @@
+"""Rate-control policies of the edge: which rate point each compressed feature is sent at.
+
+==============  =============================================================
+``fixed``       one rate point for every frame (the paper's setting, baseline)
+``cfqa-target`` the lowest rate whose CFQA metric meets a target (raw value or
+                calibrated task accuracy)
+``bandwidth``   the highest quality the link carries before the deadline
+``hybrid``      ``cfqa-target`` capped by the link budget
+``oracle``      the lowest rate with an unchanged task output (a bound)
+==============  =============================================================
+
+``get_policy(name, **params)`` returns a new instance (one per node); the
+interface types live in :mod:`edge.policies.api`, the live context (real
+codec, decoder and metric) in :mod:`edge.policies.live`. Numpy only at
+import; nothing here imports the simulator.
+"""
+from __future__ import annotations
+
+import sys
+
+from edge.policies import bandwidth, fixed, hybrid, oracle, target  # noqa: F401  (register the policies)
+from edge.policies.api import Decision, EncodeOutcome, Feedback, Policy, PolicyContext, as_decision
+from edge.policies.registry import POLICIES, get_policy, policy_names, register_policy
+
+__all__ = [
+    "POLICIES", "Decision", "EncodeOutcome", "Feedback", "Policy", "PolicyContext", "as_decision",
+    "get_policy", "policy_names", "register_policy",
+]
+
+
+def _register_with_edge_runner() -> None:
+    """Offer these policies to ``cfqa edge run`` when its runner is loaded (it imports us on demand)."""
+    runner = sys.modules.get("edge.runner")
+    if runner is None:
+        return
+    from edge.policies.live import runner_factory
+
+    for name in POLICIES:
+        if name not in runner.POLICIES:
+            runner.register_policy(name, runner_factory(name))
+
+
+_register_with_edge_runner()

@@ -1,0 +1,53 @@
+"""``fixed``: every frame at one rate point (the paper's setting) -- the baseline.
+
+One encode per frame and nothing else: no local decode, no metric, unless
+``metric`` names one to report (then it is computed and its time charged).
+"""
+from __future__ import annotations
+
+import math
+
+from pydantic import model_validator
+
+from cfqa_core.errors import PolicyError
+from edge.policies.api import Decision, PolicyContext
+from edge.policies.registry import PolicyParams, register_policy
+
+
+class FixedParams(PolicyParams):
+    rate_point: int | None = None  # a rate point of the ladder (a QP for block codecs)
+    qp: int | None = None          # alias of rate_point (the edge client's --qp)
+    index: int = 0                 # ladder position when no rate point is given (0 = best, -1 = lowest)
+    metric: str | None = None      # a metric to compute and report (not to steer by)
+
+    @model_validator(mode="after")
+    def _one_rate(self) -> FixedParams:
+        if self.rate_point is not None and self.qp is not None and self.rate_point != self.qp:
+            raise ValueError("give rate_point or qp, not both")
+        return self
+
+
+@register_policy("fixed")
+class FixedPolicy:
+    """Always the same rate point."""
+
+    Params = FixedParams
+    name = "fixed"
+
+    def __init__(self, params: FixedParams | None = None) -> None:
+        self.params = params or FixedParams()
+
+    def rate_point(self, ladder: tuple[int, ...]) -> int:
+        p = self.params
+        rp = p.rate_point if p.rate_point is not None else p.qp
+        if rp is not None:
+            return rp
+        if not -len(ladder) <= p.index < len(ladder):
+            raise PolicyError(f"fixed: index {p.index} outside the ladder {ladder}")
+        return ladder[p.index]
+
+    def decide(self, ctx: PolicyContext) -> Decision:
+        rp = self.rate_point(ctx.ladder)
+        out = ctx.encode(rp, assess=self.params.metric is not None)
+        value = out.metrics.get(self.params.metric, math.nan) if self.params.metric else math.nan
+        return ctx.decision(rp, value)

@@ -1,0 +1,164 @@
+"""Policies on a real feature: the live context and the ``cfqa edge run`` adapter.
+
+:class:`LiveContext` is a :class:`~edge.policies.api.PolicyContext` whose trial
+encodes run the real codec (``cfqa_core.codecs``), whose assessments decode
+locally and score with ``cfqa_core.metrics``, with measured times, and which
+keeps every :class:`~cfqa_core.codecs.base.EncodedFeature` so that the chosen
+bitstream is exactly what gets sent (:meth:`LiveContext.chosen`).
+
+:class:`RunnerPolicy` adapts any registered policy to the edge runner's
+``decide(feature, codec, *, task, value_range, bit_depth)`` protocol.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from cfqa_core.codecs.base import EncodedFeature, FeatureCodec
+from cfqa_core.errors import PolicyError
+from edge.policies.api import Decision, EncodeOutcome, PolicyContext, as_decision
+
+
+def metric_value_range(value_range: Any) -> tuple[float, float]:
+    """One (lo, hi) for the metrics from a codec value range (a pair or per-slice pairs)."""
+    vr = np.asarray(value_range, dtype=np.float64).reshape(-1, 2)
+    return float(vr[:, 0].min()), float(vr[:, 1].max())
+
+
+class LiveContext(PolicyContext):
+    """A policy context over one real feature: real encodes, local decodes and metric scores."""
+
+    __slots__ = ("codec_impl", "value_range", "bit_depth", "metric_names", "bitstreams", "_feature_shape")
+
+    def __init__(
+        self,
+        feature: np.ndarray,
+        codec: FeatureCodec,
+        value_range: Any,
+        metric: str | Sequence[str] | None,
+        *,
+        task: str,
+        bit_depth: int = 10,
+        ladder: tuple[int, ...] | None = None,
+        node_id: int = 0,
+        frame_idx: int = 0,
+        now_s: float = 0.0,
+        time_left_s: float = math.inf,
+        throughput_bps: float | None = None,
+        queue_frames: int = 0,
+        previous_rate_point: int | None = None,
+        judge: Callable[[int], float] | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        super().__init__(
+            node_id=node_id, frame_idx=frame_idx, task=task, codec=codec.name,
+            ladder=tuple(ladder if ladder is not None else codec.ladder), now_s=now_s, time_left_s=time_left_s,
+            throughput_bps=throughput_bps, queue_frames=queue_frames, previous_rate_point=previous_rate_point,
+            rng=rng if rng is not None else np.random.default_rng(0), encode=self._real_encode, judge=judge,
+            feature=np.asarray(feature, dtype=np.float32),
+        )
+        self.codec_impl = codec
+        self.value_range = value_range
+        self.bit_depth = bit_depth
+        self.metric_names = [metric] if isinstance(metric, str) else list(metric or ())
+        self.bitstreams: dict[int, EncodedFeature] = {}
+        if self.metric_names:
+            from cfqa_core.metrics import get_metric
+
+            for name in self.metric_names:
+                get_metric(name)  # unknown metric: fail before any encode
+
+    def _real_encode(self, rate_point: int) -> EncodeOutcome:
+        t0 = time.perf_counter()
+        enc = self.codec_impl.encode(self.feature, rate_point, value_range=self.value_range, bit_depth=self.bit_depth)
+        seconds = time.perf_counter() - t0
+        self.bitstreams[rate_point] = enc
+        return EncodeOutcome(rate_point, enc.nbytes + enc.meta_bytes, seconds, {})
+
+    def _assess(self, out: EncodeOutcome) -> tuple[EncodeOutcome, float]:
+        from cfqa_core.metrics import compute_metrics
+
+        t0 = time.perf_counter()
+        fhat = self.codec_impl.decode(self.bitstreams[out.rate_point]).reshape(self.feature.shape)
+        t1 = time.perf_counter()
+        scores = compute_metrics(self.metric_names, self.feature, fhat,
+                                 value_range=metric_value_range(self.value_range)) if self.metric_names else {}
+        t2 = time.perf_counter()
+        return out._replace(metrics=scores, decode_s=t1 - t0), t2 - t0
+
+    def chosen(self, decision: Decision) -> EncodedFeature:
+        """The encoded feature of the decision's rate point (the bitstream to send)."""
+        if decision.rate_point not in self.bitstreams:
+            self.encode(decision.rate_point, assess=False)
+        return self.bitstreams[decision.rate_point]
+
+
+def decision_record(policy: str, decision: Decision, metric_name: str | None) -> dict[str, Any]:
+    """The JSON-ready record of a decision (NaN metric -> None)."""
+    metric = None if math.isnan(decision.metric) else round(float(decision.metric), 8)
+    return {
+        "policy": policy, "qp": int(decision.rate_point), "encodes": int(decision.encodes),
+        "edge_time_ms": round(1e3 * decision.edge_time_s, 3), "metric": metric,
+        "metric_name": metric_name or "", "met_target": decision.met_target, "reason": decision.reason,
+    }
+
+
+class RunnerPolicy:
+    """A registered policy behind the edge runner's ``decide(feature, codec, ...)`` protocol.
+
+    One policy instance per task (each keeps its own warm start). The edge has
+    no link feedback here, so link-aware policies plan with a constant
+    ``throughput_mbps`` and ``deadline_s`` when given.
+    """
+
+    def __init__(self, name: str, params: dict[str, Any], throughput_mbps: float | None = None,
+                 deadline_s: float | None = None) -> None:
+        from edge.policies.registry import get_policy
+
+        self.name = name
+        self.params = params
+        self.throughput_bps = None if throughput_mbps is None else float(throughput_mbps) * 1e6
+        self.deadline_s = math.inf if deadline_s is None else float(deadline_s)
+        self._policies: dict[str, Any] = {}
+        self._frames: dict[str, int] = {}
+        self._previous: dict[str, int] = {}
+        get_policy(name, **params)  # validate now, not on the first frame
+        self._get = get_policy
+
+    def _policy(self, task: str) -> Any:
+        if task not in self._policies:
+            self._policies[task] = self._get(self.name, **self.params)
+        return self._policies[task]
+
+    def decide(self, feature: np.ndarray, codec: FeatureCodec, *, task: str, value_range: Any,
+               bit_depth: int) -> tuple[EncodedFeature, dict[str, Any]]:
+        policy = self._policy(task)
+        metric = getattr(policy, "metric", None) or getattr(getattr(policy, "params", None), "metric", None)
+        ctx = LiveContext(feature, codec, value_range, metric, task=task, bit_depth=bit_depth,
+                          frame_idx=self._frames.get(task, 0), time_left_s=self.deadline_s,
+                          throughput_bps=self.throughput_bps, previous_rate_point=self._previous.get(task))
+        decision = as_decision(policy.decide(ctx), ctx)
+        self._frames[task] = ctx.frame_idx + 1
+        self._previous[task] = decision.rate_point
+        return ctx.chosen(decision), decision_record(self.name, decision, metric)
+
+
+def runner_factory(name: str) -> Callable[[dict[str, Any]], RunnerPolicy]:
+    """``factory(options) -> RunnerPolicy`` for ``edge.runner.register_policy`` (options may be strings)."""
+
+    def factory(options: dict[str, Any]) -> RunnerPolicy:
+        opts = {k: v for k, v in options.items() if v is not None}
+        qp = opts.pop("qp", None)
+        if qp is not None:
+            if name != "fixed":
+                raise PolicyError(f"--qp is a parameter of the fixed policy, not of '{name}'")
+            opts["qp"] = qp
+        throughput = opts.pop("throughput_mbps", None)
+        deadline = opts.pop("deadline_s", None)
+        return RunnerPolicy(name, opts, throughput, deadline)
+
+    return factory
