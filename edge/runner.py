@@ -91,11 +91,11 @@ register_policy("fixed", _fixed)
 def build_policy(name: str, options: dict[str, Any]) -> RatePolicy:
     """A policy by name; policies of ``edge.policies`` register themselves when it is importable."""
     if name not in POLICIES:
-        try:
-            import edge.policies  # noqa: F401
-        except ModuleNotFoundError as exc:
-            if exc.name not in ("edge.policies",):
-                raise
+        from edge.policies import POLICIES as EDGE_POLICIES
+        from edge.policies.live import runner_factory
+
+        if name in EDGE_POLICIES:
+            return runner_factory(name)(options)
     if name not in POLICIES:
         raise PolicyError(f"unknown policy '{name}' (known: {', '.join(sorted(POLICIES))})")
     return POLICIES[name](options)

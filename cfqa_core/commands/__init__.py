@@ -7,6 +7,7 @@ _MODULES = (
     "cfqa_core.commands.models_cmd",
     "cfqa_core.commands.dataset_cmd",
     "cfqa_core.commands.bench_cmd",
+    "cfqa_core.commands.codec_cmd",
 )
 
 
