@@ -1,0 +1,240 @@
+"""Speed of the block feature codecs, and the wrappers' overhead over the bare encoders.
+
+For every available codec, task shape (embedded model: cls 145x128, seg 290x128,
+dpt 1160x128 frames) and QP: encode and decode wall time (median of
+``--repeat`` runs), bytes, BPFP and MSE on synthetic DINOv2-like features.
+
+Overhead: our ``encode()`` (quantise + pack + temp files + encoder + read back)
+against the same encoder's own command line on the same packed frame, run as a
+plain process (the way hyperfine times a command): ``hevc-x265`` vs ``x265``,
+``vvc`` vs ``ffmpeg -c:v libvvenc``, ``av1`` vs ``ffmpeg -c:v libaom-av1``, and
+the in-process ``hevc`` vs the ``x265`` command. Wrapper and bare runs are
+interleaved so that load on the machine hits both alike; as load only ever
+adds time, the overhead is judged on the best run of each (hyperfine's "min"),
+the medians are reported too. Target: <= 10 %.
+
+``--calibrate-av1`` measures the MSE of AV1 quantizers 1..16 against HEVC QP
+2..20 on the dpt shape (how the ``av1`` ladder was chosen).
+
+Writes benchmarks/results/codecs.json and codecs.md. Run niced, e.g.
+``OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_codecs.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import cfqa_core.codecs.av1  # noqa: E402,F401  (registers the block codecs)
+import cfqa_core.codecs.hevc  # noqa: E402,F401
+import cfqa_core.codecs.reference  # noqa: E402,F401
+import cfqa_core.codecs.vvc  # noqa: E402,F401
+from cfqa_core.codecs.base import get_codec  # noqa: E402
+from cfqa_core.codecs.block import raw_frame_bytes  # noqa: E402
+from cfqa_core.codecs.hevc import HevcX265CliCodec  # noqa: E402
+from cfqa_core.codecs.synthetic import EMBEDDED_SHAPES, PAPER_SHAPES, synthetic_feature  # noqa: E402
+from cfqa_core.codecs.vvc import yuv420_with_grey_chroma  # noqa: E402
+from cfqa_core.packing import PackingParams, feature_range, pack  # noqa: E402
+
+OVERHEAD_TARGET = 0.10
+
+
+def _median_time(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def speed_rows(codecs, tasks, qps, repeat, shapes, progress) -> list[dict]:
+    rows = []
+    for name in codecs:
+        codec = get_codec(name)
+        for task in tasks:
+            x = synthetic_feature(shapes[task], seed=1)
+            vr = feature_range(x)
+            points = qps if name != "hevc-lossless" else [0]
+            for qp in points:
+                enc = codec.encode(x, qp, value_range=vr)  # warm-up, and the stream to decode
+                t_enc = _median_time(lambda: codec.encode(x, qp, value_range=vr), repeat)
+                t_dec = _median_time(lambda: codec.decode(enc), repeat)
+                dec = codec.decode(enc)
+                rows.append({
+                    "codec": name, "task": task, "shape": list(x.shape),
+                    "frame": [enc.meta["height"], enc.meta["width"]], "qp": qp,
+                    "bytes": enc.nbytes, "bpfp": round(enc.bpfp, 4),
+                    "mse": float(np.mean((dec - x) ** 2)),
+                    "encode_ms": round(1000 * t_enc, 2), "decode_ms": round(1000 * t_dec, 2),
+                })
+                progress.update(1)
+    return rows
+
+
+def _bare_command(name: str, codec, frame: np.ndarray, qp: int, tmp: str) -> list[str]:
+    """The encoder's own command line for ``frame``, its input written once into ``tmp``."""
+    height, width = frame.shape
+    src = os.path.join(tmp, "frame.raw")
+    if name == "vvc":
+        Path(src).write_bytes(yuv420_with_grey_chroma(frame, 10))
+        return codec.command(src, os.path.join(tmp, "out.vvc"), width, height, qp)
+    Path(src).write_bytes(raw_frame_bytes(frame, 10))
+    if name == "av1":
+        return codec.command(src, os.path.join(tmp, "out.obu"), width, height, qp, 10)
+    cli = codec if isinstance(codec, HevcX265CliCodec) else HevcX265CliCodec(preset=codec.preset)
+    return cli.command(src, os.path.join(tmp, "out.hevc"), width, height, qp, 10)
+
+
+def overhead_rows(codecs, tasks, qp, repeat, progress) -> list[dict]:
+    rows = []
+    for name in codecs:
+        codec = get_codec(name)
+        for task in tasks:
+            x = synthetic_feature(EMBEDDED_SHAPES[task], seed=2)
+            vr = feature_range(x)
+            frame = pack(x, PackingParams(vr), align=codec.align, min_size=codec.min_size).frame
+            with tempfile.TemporaryDirectory(prefix="cfqa-bench-") as tmp:
+                cmd = _bare_command(name, codec, frame, qp, tmp)
+
+                def bare():
+                    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+                def wrapped():
+                    codec.encode(x, qp, value_range=vr)
+
+                bare()
+                wrapped()  # warm-up both (page cache, lazy imports)
+                t_bare, t_wrap = [], []
+                for _ in range(repeat):  # interleaved, so load drifts hit both
+                    t_bare.append(_median_time(bare, 1))
+                    t_wrap.append(_median_time(wrapped, 1))
+            mb, mw = min(t_bare), min(t_wrap)
+            medb, medw = statistics.median(t_bare), statistics.median(t_wrap)
+            rows.append({
+                "codec": name, "task": task, "frame": list(frame.shape), "qp": qp,
+                "bare_command": os.path.basename(cmd[0]), "bare_ms": round(1000 * mb, 2),
+                "wrapper_ms": round(1000 * mw, 2), "overhead": round(mw / mb - 1.0, 4),
+                "bare_median_ms": round(1000 * medb, 2), "wrapper_median_ms": round(1000 * medw, 2),
+                "overhead_median": round(medw / medb - 1.0, 4),
+                "bare_ms_all": [round(1000 * t, 2) for t in t_bare],
+                "wrapper_ms_all": [round(1000 * t, 2) for t in t_wrap],
+            })
+            progress.update(1)
+    return rows
+
+
+def calibrate_av1(progress) -> dict:
+    x = synthetic_feature(EMBEDDED_SHAPES["dpt"], seed=3)
+    vr = feature_range(x)
+    out: dict[str, dict[int, dict]] = {"hevc": {}, "av1": {}}
+    for name, points in (("hevc", range(2, 21, 2)), ("av1", range(1, 17))):
+        codec = get_codec(name)
+        for q in points:
+            enc = codec.encode(x, q, value_range=vr)
+            out[name][q] = {"bytes": enc.nbytes, "mse": float(np.mean((codec.decode(enc) - x) ** 2))}
+            progress.update(1)
+    match = {}
+    for qp, h in out["hevc"].items():
+        best = min(out["av1"], key=lambda q: abs(np.log(out["av1"][q]["mse"] / h["mse"])))
+        match[qp] = best
+    return {"points": out, "av1_q_matching_hevc_qp": match}
+
+
+def write_markdown(path: Path, result: dict) -> None:
+    lines = ["# Block codec speed", "",
+             f"Machine: {result['machine']['cpus']} CPUs, load average {result['machine']['loadavg']} "
+             f"at start; synthetic DINOv2-like features; median of {result['config']['repeat']} runs.", ""]
+    lines += ["## Encode / decode time", "",
+              "| codec | task | frame | QP | bytes | BPFP | MSE | encode ms | decode ms |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["speed"]:
+        lines.append(f"| {r['codec']} | {r['task']} | {r['frame'][0]}x{r['frame'][1]} | {r['qp']} | "
+                     f"{r['bytes']} | {r['bpfp']:.3f} | {r['mse']:.4g} | {r['encode_ms']:.1f} | "
+                     f"{r['decode_ms']:.1f} |")
+    lines += ["", f"## Wrapper overhead vs the encoder's own command line (target <= "
+              f"{OVERHEAD_TARGET:.0%})", "",
+              f"Best of {result['config']['overhead_repeat']} interleaved runs (median in brackets).", "",
+              "| codec | task | padded frame | QP | bare command | bare ms | wrapper ms | overhead "
+              "| within target |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["overhead"]:
+        ok = "yes" if r["overhead"] <= OVERHEAD_TARGET else "no"
+        lines.append(f"| {r['codec']} | {r['task']} | {r['frame'][0]}x{r['frame'][1]} | {r['qp']} | "
+                     f"{r['bare_command']} | {r['bare_ms']:.1f} ({r['bare_median_ms']:.1f}) | "
+                     f"{r['wrapper_ms']:.1f} ({r['wrapper_median_ms']:.1f}) | "
+                     f"{100 * r['overhead']:+.1f} % ({100 * r['overhead_median']:+.1f} %) | {ok} |")
+    if result.get("calibration"):
+        cal = result["calibration"]
+        lines += ["", "## AV1 quantizer matching HEVC QP (equal MSE, dpt shape)", "",
+                  "| HEVC QP | HEVC MSE | AV1 q | AV1 MSE |", "|---|---|---|---|"]
+        for qp, q in cal["av1_q_matching_hevc_qp"].items():
+            lines.append(f"| {qp} | {cal['points']['hevc'][qp]['mse']:.4g} | {q} | "
+                         f"{cal['points']['av1'][q]['mse']:.4g} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--codecs", default="hevc,hevc-x265,hevc-lossless,vvc,av1,hm,vtm")
+    ap.add_argument("--tasks", default="cls,seg,dpt")
+    ap.add_argument("--qps", default="2,10,20")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--overhead-qp", type=int, default=10)
+    ap.add_argument("--overhead-repeat", type=int, default=15)
+    ap.add_argument("--paper", action="store_true", help="also time hevc on the paper's ViT-g shapes")
+    ap.add_argument("--calibrate-av1", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = ap.parse_args(argv)
+
+    available, skipped = [], {}
+    for name in args.codecs.split(","):
+        ok, reason = get_codec(name).availability()
+        (available.append(name) if ok else skipped.__setitem__(name, reason))
+    tasks = args.tasks.split(",")
+    qps = [int(q) for q in args.qps.split(",")]
+    over = [c for c in ("hevc-x265", "hevc", "vvc", "av1") if c in available]
+    total = (sum(len(tasks) * (1 if c == "hevc-lossless" else len(qps)) for c in available)
+             + len(over) * len(tasks) + (26 if args.calibrate_av1 else 0)
+             + (len(PAPER_SHAPES) if args.paper and "hevc" in available else 0))
+    result = {
+        "machine": {"cpus": os.cpu_count(), "loadavg": [round(v, 2) for v in os.getloadavg()],
+                    "python": platform.python_version()},
+        "config": {"codecs": available, "skipped": skipped, "tasks": tasks, "qps": qps,
+                   "repeat": args.repeat, "overhead_qp": args.overhead_qp,
+                   "overhead_repeat": args.overhead_repeat},
+    }
+    with tqdm(total=total, desc="bench codecs", unit="case") as progress:
+        result["speed"] = speed_rows(available, tasks, qps, args.repeat, EMBEDDED_SHAPES, progress)
+        if args.paper and "hevc" in available:
+            result["speed"] += speed_rows(["hevc"], list(PAPER_SHAPES), [10], 1, PAPER_SHAPES, progress)
+        result["overhead"] = overhead_rows(over, tasks, args.overhead_qp, args.overhead_repeat, progress)
+        if args.calibrate_av1 and {"hevc", "av1"} <= set(available):
+            result["calibration"] = calibrate_av1(progress)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "codecs.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_markdown(out / "codecs.md", result)
+    worst = {}
+    for r in result["overhead"]:
+        worst[r["codec"]] = max(worst.get(r["codec"], -1.0), r["overhead"])
+    print("worst overhead per codec:", {k: f"{100 * v:+.1f}%" for k, v in worst.items()})
+    print(f"wrote {out / 'codecs.json'} and {out / 'codecs.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

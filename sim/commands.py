@@ -1,0 +1,176 @@
+"""``cfqa run | compare | sweep | scenario | trace`` — the simulator's commands.
+
+Handlers import the simulator lazily so that ``cfqa --help`` stays light.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+# Exit status of a run interrupted by Ctrl-C after writing what it measured.
+EXIT_PARTIAL = 130
+
+
+def _add_scenario_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scenario", help="scenario YAML file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field by dotted path, e.g. nodes.0.count=5 (repeatable)")
+    p.add_argument("--out", type=Path, help="run folder (default: runs/<name>-<kind>-<time>)")
+    p.add_argument("--no-report", action="store_true", help="skip plots and the Markdown/HTML report")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="simulate a scenario with its policy")
+    _add_scenario_args(p)
+    p.add_argument("--policy", help="policy label or name (default: the scenario's)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("compare", help="simulate several policies on the same arrivals and links")
+    _add_scenario_args(p)
+    p.add_argument("--policies", required=True, help="comma-separated policy labels or names")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("sweep", help="run a scenario over a grid of overrides")
+    p.add_argument("scenario", help="scenario YAML file")
+    p.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2",
+                   help="a swept field and its values (repeatable: the grid is their product)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run points on Ray (a local instance, or the cluster at ADDRESS)")
+    p.add_argument("--out", type=Path, help="sweep folder (default: runs/<name>-sweep-<time>)")
+    p.add_argument("--report", action="store_true", help="write a full report per point")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("scenario", help="scenario schema and validation")
+    ssub = p.add_subparsers(dest="scenario_command", metavar="ACTION")
+    ssub.required = True
+    q = ssub.add_parser("schema", help="print the scenario JSON Schema")
+    q.add_argument("--out", type=Path, help="write to a file instead")
+    q.set_defaults(func=_cmd_schema)
+    q = ssub.add_parser("validate", help="check a scenario (schema, files, codecs, policies)")
+    q.add_argument("file", help="scenario YAML file")
+    q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    q.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("trace", help="network traces")
+    tsub = p.add_subparsers(dest="trace_command", metavar="ACTION")
+    tsub.required = True
+    q = tsub.add_parser("gen", help="write a synthetic trace in mahimahi format")
+    q.add_argument("kind", help="constant | steps | random_walk | onoff")
+    q.add_argument("--out", type=Path, required=True)
+    q.add_argument("--duration-s", type=float, default=60.0)
+    q.add_argument("--capacity-mbps", type=float, default=5.0, help="constant/onoff rate; random_walk start")
+    q.add_argument("--levels-mbps", default="2,8,4", help="steps: comma-separated levels")
+    q.add_argument("--step-s", type=float, default=10.0, help="steps/random_walk: seconds per level")
+    q.add_argument("--sigma", type=float, default=0.2, help="random_walk: log-rate step deviation")
+    q.add_argument("--min-mbps", type=float, default=0.2)
+    q.add_argument("--max-mbps", type=float, default=20.0)
+    q.add_argument("--on-s", type=float, default=20.0, help="onoff: seconds up")
+    q.add_argument("--off-s", type=float, default=5.0, help="onoff: seconds down")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=_cmd_trace_gen)
+    q = tsub.add_parser("info", help="length and mean capacity of a trace")
+    q.add_argument("file")
+    q.set_defaults(func=_cmd_trace_info)
+
+
+def _finish(args, loaded, policies: list[str], kind: str) -> int:
+    from sim.results import default_out_dir, print_summary, run_policies, write_run
+
+    out = args.out or default_out_dir(loaded, kind)
+    results, partial = run_policies(loaded, policies, progress=not args.quiet)
+    summary = write_run(out, loaded, results, partial, report=not args.no_report)
+    print_summary(summary, out)
+    return EXIT_PARTIAL if partial else 0
+
+
+def _cmd_run(args) -> int:
+    from sim.scenario import check_policy, load_scenario
+
+    loaded = load_scenario(args.scenario, args.overrides)
+    if args.policy:
+        check_policy(loaded, args.policy, ("--policy",))
+    return _finish(args, loaded, [args.policy or loaded.scenario.policy], "run")
+
+
+def _cmd_compare(args) -> int:
+    from cfqa_core.errors import ScenarioError
+    from sim.scenario import check_policy, load_scenario
+
+    loaded = load_scenario(args.scenario, args.overrides)
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    if not policies:
+        raise ScenarioError("--policies: name at least one policy")
+    baseline = loaded.scenario.baseline_policy
+    if baseline and baseline not in policies:
+        policies.insert(0, baseline)  # savings need the baseline on the same arrivals
+    for label in policies:
+        check_policy(loaded, label, ("--policies",))
+    return _finish(args, loaded, list(dict.fromkeys(policies)), "compare")
+
+
+def _cmd_sweep(args) -> int:
+    from sim.results import default_out_dir
+    from sim.scenario import load_scenario
+    from sim.sweep import run_sweep, sweep_table
+
+    loaded = load_scenario(args.scenario, args.overrides)
+    out = args.out or default_out_dir(loaded, "sweep")
+    result = run_sweep(
+        args.scenario, args.grid, out, base_overrides=args.overrides, workers=args.workers,
+        ray_address=args.ray, report=args.report, progress=not args.quiet,
+    )
+    print(sweep_table(result))
+    print(f"results: {out}")
+    return EXIT_PARTIAL if result["partial"] else 0
+
+
+def _cmd_schema(args) -> int:
+    from sim.scenario import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if args.out:
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    from sim.scenario import load_scenario
+
+    loaded = load_scenario(args.file, args.overrides)
+    s = loaded.scenario
+    print(f"{args.file}: ok ({s.mode} mode, {s.node_count} nodes, {len(s.links)} link(s), {s.duration_s:g} s)")
+    return 0
+
+
+def _cmd_trace_gen(args) -> int:
+    from cfqa_core.errors import ScenarioError
+    from sim.traces import synthetic, write_mahimahi
+
+    try:
+        levels = tuple(float(x) for x in args.levels_mbps.split(",") if x.strip())
+    except ValueError:
+        raise ScenarioError(f"--levels-mbps: expected numbers separated by commas, got {args.levels_mbps!r}") from None
+    trace = synthetic(
+        args.kind, duration_s=args.duration_s, capacity_mbps=args.capacity_mbps, levels_mbps=levels,
+        step_s=args.step_s, sigma=args.sigma, min_mbps=args.min_mbps, max_mbps=args.max_mbps,
+        on_s=args.on_s, off_s=args.off_s, seed=args.seed,
+    )
+    write_mahimahi(trace, args.out)
+    print(f"{args.out}: {trace.count} opportunities, {trace.duration_s:g} s, mean {trace.mean_mbps:.3f} Mbit/s")
+    return 0
+
+
+def _cmd_trace_info(args) -> int:
+    from sim.traces import load_trace
+
+    trace = load_trace(args.file)
+    print(f"{args.file}: {trace.count} opportunities, {trace.duration_s:g} s period, mean {trace.mean_mbps:.3f} Mbit/s")
+    return 0

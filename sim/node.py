@@ -1,0 +1,239 @@
+"""Edge nodes: frame arrivals, encode with a policy, a bounded queue, the uplink.
+
+A node is three stages:
+
+- ``source`` (a SimPy process): frames arrive at precomputed times (fixed
+  fps or Poisson) with precomputed images; a frame finding ``queue_frames``
+  frames already held by the node is dropped (``queue_full``).
+- the encoder: one frame at a time, runs the edge part of the model and the
+  policy (whose trial encodes cost edge time), then queues the bitstream.
+- the sender: one transfer at a time on the node's link; each transfer's
+  throughput feeds the harmonic-mean estimator the policy sees.
+
+The encoder and sender are single-server FIFO stages advanced by event
+callbacks (as the cloud) rather than processes: a process costs a wake-up
+event and a resume per frame at each stage, and a thousand nodes for an
+hour is about a million such frames. A frame whose deadline has passed
+before it is encoded or sent is dropped (``stale``) when ``drop_stale`` is
+set. The cloud's result returns after the link's propagation delay.
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import numpy as np
+import simpy
+
+from edge.policies.api import Decision, Feedback, as_decision
+from sim.cloud import Cloud
+from sim.link import Delivery, Link
+from sim.outcomes import FrameOutcomeProvider, FrameRef
+from sim.records import LATE, LOSS, OK, QUEUE_FULL, STALE, FrameLog
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node's resolved configuration."""
+
+    node_id: int
+    group: int
+    task: str
+    codec: str
+    ladder: tuple[int, ...]
+    deadline_s: float
+    queue_frames: int
+    drop_stale: bool
+    estimator_window: int
+    initial_bps: float | None
+    backbone_s: float   # edge model time per frame (profile; a provider may measure instead)
+    cloud_s: float      # cloud model time per frame (profile; a provider may measure instead)
+    metric_s: float     # one quality-metric evaluation on the edge
+
+
+class ThroughputEstimator:
+    """Harmonic mean of the last ``window`` transfer throughputs (as ABR clients)."""
+
+    def __init__(self, window: int, initial_bps: float | None = None) -> None:
+        self.samples: deque[float] = deque(maxlen=window)
+        self.initial_bps = initial_bps
+
+    def add(self, bps: float) -> None:
+        if bps > 0:
+            self.samples.append(bps)
+
+    @property
+    def estimate_bps(self) -> float | None:
+        if not self.samples:
+            return self.initial_bps
+        return len(self.samples) / sum(1.0 / s for s in self.samples)
+
+
+class EdgeNode:
+    """State shared by one node's processes."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        spec: NodeSpec,
+        *,
+        link: Link,
+        link_index: int,
+        cloud: Cloud,
+        provider: FrameOutcomeProvider,
+        policy,
+        log: FrameLog,
+        rng: np.random.Generator,
+    ) -> None:
+        self.env = env
+        self.spec = spec
+        self.link = link
+        self.link_index = link_index
+        self.cloud = cloud
+        self.provider = provider
+        self.policy = policy
+        self.observe = getattr(policy, "observe", None)
+        self.log = log
+        self.rng = rng
+        self.image_ids = provider.image_ids(spec.task)
+        self.estimator = ThroughputEstimator(spec.estimator_window, spec.initial_bps)
+        self.to_encode: deque[tuple[int, FrameRef]] = deque()
+        self.to_send: deque[tuple[int, FrameRef, int, int]] = deque()
+        self.held = 0            # frames on the node, not yet on the link
+        self.busy_s = 0.0        # edge compute time spent
+        self.previous_rate_point: int | None = None
+        self.encoding = False    # the encoder stage is busy
+        self.sending = False     # a transfer of this node is on the link
+
+    # -- stages -------------------------------------------------------------------------
+
+    def capture(self, frame_idx: int, image_index: int) -> None:
+        """A frame arrives: hold it or drop it when the node's queue is full."""
+        row = self.log.add(self.spec.node_id, self.spec.group, frame_idx, image_index, self.link_index, self.env.now)
+        if self.held >= self.spec.queue_frames:
+            self.log.drop(row, QUEUE_FULL)
+            return
+        self.held += 1
+        self.to_encode.append((row, FrameRef(self.spec.node_id, frame_idx, self.spec.task, image_index,
+                                             self.image_ids[image_index])))
+        if not self.encoding:
+            self._encode_next()
+
+    def _is_stale(self, row: int) -> bool:
+        return self.spec.drop_stale and self.env.now >= self.log.t_capture[row] + self.spec.deadline_s
+
+    def _encode_next(self) -> None:
+        """Start encoding the oldest held frame that is not stale."""
+        log = self.log
+        while self.to_encode:
+            row, frame = self.to_encode.popleft()
+            if self._is_stale(row):
+                log.drop(row, STALE)
+                self.held -= 1
+                continue
+            log.t_encode_start[row] = self.env.now
+            decision, edge_s, nbytes = self._decide(row, frame)
+            self.encoding = True
+            self.env.timeout(edge_s).callbacks.append(
+                lambda _ev: self._encoded(row, frame, decision, edge_s, nbytes)
+            )
+            return
+        self.encoding = False
+
+    def _decide(self, row: int, frame: FrameRef) -> tuple[Decision, float, int]:
+        """Run the policy for a frame; returns (decision, edge seconds, bytes)."""
+        spec = self.spec
+        now = self.env.now
+        ctx = self.provider.policy_context(
+            frame,
+            spec.codec,
+            ladder=spec.ladder,
+            now_s=now,
+            time_left_s=self.log.t_capture[row] + spec.deadline_s - now,
+            throughput_bps=self.estimator.estimate_bps,
+            queue_frames=len(self.to_send),
+            previous_rate_point=self.previous_rate_point,
+            rng=self.rng,
+            metric_s=spec.metric_s,
+        )
+        backbone = self.provider.extract(frame)
+        decision = as_decision(self.policy.decide(ctx), ctx)
+        edge_s = (spec.backbone_s if backbone is None else backbone) + decision.edge_time_s
+        return decision, edge_s, ctx.encoded(decision.rate_point).nbytes
+
+    def _encoded(self, row: int, frame: FrameRef, decision: Decision, edge_s: float, nbytes: int) -> None:
+        log = self.log
+        self.busy_s += edge_s
+        log.t_encode_done[row] = self.env.now
+        log.edge_s[row] = edge_s
+        log.rate_point[row] = decision.rate_point
+        log.bytes[row] = nbytes
+        log.encodes[row] = decision.encodes
+        log.metric[row] = decision.metric
+        log.met_target[row] = -1 if decision.met_target is None else int(decision.met_target)
+        self.previous_rate_point = decision.rate_point
+        self.to_send.append((row, frame, decision.rate_point, nbytes))
+        if not self.sending:
+            self._send_next()
+        self._encode_next()
+
+    def _send_next(self) -> None:
+        """Put the oldest encoded frame that is not stale on the link."""
+        while self.to_send:
+            row, frame, rate_point, nbytes = self.to_send.popleft()
+            self.held -= 1
+            if self._is_stale(row):
+                self.log.drop(row, STALE)
+                continue
+            self.log.t_send_start[row] = self.env.now
+            self.sending = True
+            self.link.transfer(nbytes, lambda d: self._sent(row, frame, rate_point, nbytes, d))
+            return
+        self.sending = False
+
+    def _sent(self, row: int, frame: FrameRef, rate_point: int, nbytes: int, delivery: Delivery) -> None:
+        log = self.log
+        log.t_send_done[row] = delivery.done_s
+        log.wire_bytes[row] = delivery.wire_bytes
+        elapsed = delivery.done_s - delivery.start_s
+        bps = nbytes * 8.0 / elapsed if elapsed > 0 else 0.0
+        self.estimator.add(bps)
+        if delivery.lost:
+            log.drop(row, LOSS)
+        else:
+            self.env.timeout(delivery.arrive_s - self.env.now).callbacks.append(
+                lambda _ev: self._deliver(row, frame, rate_point, bps)
+            )
+        self._send_next()
+
+    def _deliver(self, row: int, frame: FrameRef, rate_point: int, throughput_bps: float) -> None:
+        """The bitstream reached the cloud: decode, infer, return the result."""
+        log, spec, env = self.log, self.spec, self.env
+        log.t_cloud_arrive[row] = env.now
+        out = self.provider.infer(frame, spec.codec, rate_point)
+        service = out.decode_s + (spec.cloud_s if out.service_s is None else out.service_s)
+        log.cloud_s[row] = service
+        log.task_score[row] = out.task_score
+        log.uncompressed_score[row] = out.uncompressed_score
+        log.gt_distortion[row] = out.gt_distortion
+
+        def done(start: float, end: float) -> None:
+            log.t_cloud_start[row] = start
+            log.t_cloud_done[row] = end
+            t_result = end + self.link.delay_s
+            log.t_result[row] = t_result
+            latency = t_result - log.t_capture[row]
+            met = latency <= spec.deadline_s
+            log.finish(row, OK if met else LATE)
+            if self.observe is not None:
+                self.observe(Feedback(frame.frame_idx, rate_point, int(log.bytes[row]), throughput_bps, latency, met))
+
+        self.cloud.submit(service, done)
+
+
+def source(env: simpy.Environment, node: EdgeNode, times: np.ndarray, images: np.ndarray) -> Generator:
+    """Frames arrive at ``times`` showing ``images`` (indices into the provider's images)."""
+    for k, (t, img) in enumerate(zip(times.tolist(), images.tolist())):
+        yield env.timeout(t - env.now)
+        node.capture(k, img)

@@ -1,0 +1,203 @@
+"""Frame outcome providers: where the simulator gets what encoding a frame yields.
+
+The simulator owns time (queues, link, deadlines); a provider owns content:
+which images exist, what an encode at a rate point costs and produces, and
+what the cloud's prediction scores. ``ReplayProvider`` looks everything up
+in the benchmark table (no neural network at run time, so it scales to
+thousands of nodes). A live provider runs the real backbone, codec and gRPC
+call per frame and registers itself under ``"live"`` with
+:func:`register_provider` from the module named in ``_LAZY_PROVIDERS``.
+
+A provider may return ``None`` for a time (``extract``'s backbone seconds,
+``InferOutcome.service_s``): the simulator then uses the scenario's timing
+profile instead.
+"""
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+from cfqa_core.errors import ScenarioError
+from edge.policies.accuracy import damage
+from edge.policies.api import EncodeOutcome, PolicyContext
+from sim.table import BenchmarkTable
+
+if TYPE_CHECKING:
+    from sim.scenario import LoadedScenario
+
+
+class FrameRef(NamedTuple):
+    """One captured frame: which node, its sequence number and its image."""
+
+    node_id: int
+    frame_idx: int
+    task: str
+    image_index: int  # position in ``provider.image_ids(task)``
+    image_id: object
+
+
+class InferOutcome(NamedTuple):
+    """What the cloud's prediction from the decoded feature scores."""
+
+    decode_s: float
+    task_score: float
+    gt_distortion: float
+    uncompressed_score: float
+    service_s: float | None = None  # measured cloud compute; None -> timing profile
+
+
+class FrameOutcomeProvider(ABC):
+    """The seam between the simulator and the content of frames."""
+
+    @abstractmethod
+    def image_ids(self, task: str) -> Sequence[object]:
+        """The images a node of ``task`` can capture (indexed by ``FrameRef.image_index``)."""
+
+    @abstractmethod
+    def codecs(self, task: str) -> tuple[str, ...]:
+        """Codec names available for ``task``."""
+
+    @abstractmethod
+    def ladder(self, task: str, codec: str) -> tuple[int, ...]:
+        """Rate points of ``codec`` ordered from the highest quality to the lowest."""
+
+    @abstractmethod
+    def metric_names(self) -> tuple[str, ...]:
+        """Names of the feature-quality metrics an ``EncodeOutcome`` carries."""
+
+    def extract(self, frame: FrameRef) -> float | None:
+        """Run the edge part of the model for ``frame``; seconds spent, or None."""
+        return None
+
+    @abstractmethod
+    def encode(self, frame: FrameRef, codec: str, rate_point: int) -> EncodeOutcome:
+        """Encode ``frame``'s feature with ``codec`` at ``rate_point`` (bytes = everything sent)."""
+
+    can_judge: bool = False  # whether :meth:`judge` knows the true task damage (oracle policies)
+
+    def judge(self, frame: FrameRef, codec: str, rate_point: int) -> float:
+        """True task damage at ``rate_point`` (only when ``can_judge``)."""
+        raise NotImplementedError
+
+    def policy_context(self, frame: FrameRef, codec: str, **state) -> PolicyContext:
+        """The context a policy decides ``frame`` in.
+
+        ``state`` is the node's view (``ladder``, ``now_s``, ``time_left_s``,
+        ``throughput_bps``, ``queue_frames``, ``previous_rate_point``, ``rng``,
+        ``metric_s``). Here trial encodes call :meth:`encode`; a live provider
+        returns a context over the real feature instead
+        (``edge.policies.live.LiveContext``) and keeps the chosen bitstream
+        for :meth:`infer`.
+        """
+        judge = (lambda rp: self.judge(frame, codec, rp)) if self.can_judge else None
+        return PolicyContext(
+            node_id=frame.node_id, frame_idx=frame.frame_idx, task=frame.task, codec=codec,
+            encode=lambda rp: self.encode(frame, codec, rp), judge=judge, **state,
+        )
+
+    @abstractmethod
+    def infer(self, frame: FrameRef, codec: str, rate_point: int) -> InferOutcome:
+        """Decode on the cloud and score the prediction."""
+
+    def rate_curve(self, task: str, codec: str) -> list[tuple[int, float, float]] | None:
+        """(rate point, mean bytes, mean task score) over all images, for reports; None if unknown."""
+        return None
+
+    def close(self) -> None:
+        """Release resources (models, channels)."""
+
+
+class _CellMetrics(Mapping):
+    """The metric values of one table cell, read on access (most policies read one)."""
+
+    __slots__ = ("_arrays", "_i", "_r")
+
+    def __init__(self, arrays: dict, i: int, r: int) -> None:
+        self._arrays, self._i, self._r = arrays, i, r
+
+    def __getitem__(self, name: str) -> float:
+        return float(self._arrays[name][self._i, self._r])
+
+    def __iter__(self):
+        return iter(self._arrays)
+
+    def __len__(self) -> int:
+        return len(self._arrays)
+
+
+class ReplayProvider(FrameOutcomeProvider):
+    """Outcomes looked up in a :class:`BenchmarkTable` (pure array indexing)."""
+
+    def __init__(self, table: BenchmarkTable) -> None:
+        self.table = table
+
+    def image_ids(self, task: str) -> Sequence[object]:
+        return self.table.task(task).image_ids
+
+    def codecs(self, task: str) -> tuple[str, ...]:
+        return tuple(self.table.task(task).codecs)
+
+    def ladder(self, task: str, codec: str) -> tuple[int, ...]:
+        return self.table.codec(task, codec).rate_points
+
+    def metric_names(self) -> tuple[str, ...]:
+        return self.table.metric_names
+
+    def encode(self, frame: FrameRef, codec: str, rate_point: int) -> EncodeOutcome:
+        c = self.table.tasks[frame.task].codecs[codec]
+        i, r = frame.image_index, c.index[rate_point]
+        arr = c.arrays
+        return EncodeOutcome(rate_point, int(c.sent_bytes[i, r]), float(arr.encode_s[i, r]),
+                             _CellMetrics(arr.metrics, i, r), float(arr.decode_s[i, r]))
+
+    can_judge = True
+
+    def judge(self, frame: FrameRef, codec: str, rate_point: int) -> float:
+        task = self.table.tasks[frame.task]
+        c = task.codecs[codec]
+        return float(damage(frame.task, c.arrays.task_score[frame.image_index, c.index[rate_point]],
+                            task.uncompressed[frame.image_index]))
+
+    def infer(self, frame: FrameRef, codec: str, rate_point: int) -> InferOutcome:
+        task = self.table.tasks[frame.task]
+        c = task.codecs[codec]
+        i, r = frame.image_index, c.index[rate_point]
+        arr = c.arrays
+        return InferOutcome(float(arr.decode_s[i, r]), float(arr.task_score[i, r]),
+                            float(arr.gt_distortion[i, r]), float(task.uncompressed[i]))
+
+    def rate_curve(self, task: str, codec: str) -> list[tuple[int, float, float]] | None:
+        c = self.table.tasks[task].codecs[codec]
+        b = c.sent_bytes.mean(axis=0)
+        score = c.arrays.task_score.mean(axis=0)
+        return [(rp, float(b[i]), float(score[i])) for i, rp in enumerate(c.rate_points)]
+
+
+ProviderFactory = Callable[["LoadedScenario"], FrameOutcomeProvider]
+_PROVIDERS: dict[str, ProviderFactory] = {}
+# Modes whose provider lives in a module imported on first use (it registers itself).
+_LAZY_PROVIDERS: dict[str, str] = {"live": "sim.live"}
+
+
+def register_provider(mode: str, factory: ProviderFactory) -> None:
+    """Make ``mode`` (a scenario's ``mode:``) build its provider with ``factory``."""
+    _PROVIDERS[mode] = factory
+
+
+def make_provider(loaded: LoadedScenario) -> FrameOutcomeProvider:
+    """The provider for the scenario's mode (ScenarioError if none is available)."""
+    mode = loaded.scenario.mode
+    if mode not in _PROVIDERS and mode in _LAZY_PROVIDERS:
+        try:
+            importlib.import_module(_LAZY_PROVIDERS[mode])
+        except ModuleNotFoundError as exc:
+            if exc.name != _LAZY_PROVIDERS[mode]:
+                raise
+    if mode not in _PROVIDERS:
+        raise ScenarioError(f"mode '{mode}': no frame-outcome provider is available in this install")
+    return _PROVIDERS[mode](loaded)
+
+
+register_provider("replay", lambda loaded: ReplayProvider(loaded.table()))

@@ -1,0 +1,255 @@
+"""Uplink capacity traces: mahimahi and CSV loaders, synthetic generators.
+
+A trace is a sorted list of *delivery opportunities* (mahimahi's
+packet-delivery format): each is a millisecond at which one packet of
+``MTU_BYTES`` can leave. A millisecond listed k times carries k packets and
+the trace loops with a period equal to its last timestamp.
+
+Opportunities are kept as a numpy array so that the link can map a time to
+the index of the next opportunity (and back) with one binary search, across
+loops; global index ``j`` lives in loop ``j // n`` at offset ``j % n``.
+"""
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cfqa_core.errors import ScenarioError
+
+MTU_BYTES = 1500
+# Times compare in milliseconds with this tolerance, so an event landing on an
+# opportunity's millisecond through float arithmetic still catches it.
+_EPS_MS = 1e-6
+
+SYNTHETIC_KINDS: tuple[str, ...] = ("constant", "steps", "random_walk", "onoff")
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Delivery opportunities (ms, sorted, may repeat) looping every ``period_ms``."""
+
+    times_ms: np.ndarray
+    period_ms: int
+    name: str = "trace"
+    # Plain-list copy: bisect on a list beats numpy's scalar searchsorted by ~10x.
+    _times: list[float] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_times", self.times_ms.astype(np.float64).tolist())
+        if self.times_ms.size == 0:
+            raise ScenarioError(f"{self.name}: empty trace (no delivery opportunities)")
+        if self.period_ms <= 0:
+            raise ScenarioError(f"{self.name}: trace period must be positive, got {self.period_ms} ms")
+        if int(self.times_ms[-1]) > self.period_ms:
+            raise ScenarioError(f"{self.name}: opportunity after the period end ({self.period_ms} ms)")
+
+    @property
+    def count(self) -> int:
+        """Opportunities in one period."""
+        return int(self.times_ms.size)
+
+    @property
+    def duration_s(self) -> float:
+        return self.period_ms / 1000.0
+
+    @property
+    def mean_mbps(self) -> float:
+        return self.count * MTU_BYTES * 8 / (self.period_ms / 1000.0) / 1e6
+
+    def index_at(self, t_s: float) -> int:
+        """Global index of the first opportunity at or after time ``t_s`` (seconds)."""
+        t_ms = t_s * 1000.0
+        loop = math.floor(t_ms / self.period_ms)
+        rem = t_ms - loop * self.period_ms
+        k = bisect_left(self._times, rem - _EPS_MS)
+        if k == self.count:
+            loop, k = loop + 1, 0
+        return loop * self.count + k
+
+    def time_s(self, j: int) -> float:
+        """Time in seconds of the global opportunity ``j``."""
+        loop, k = divmod(j, self.count)
+        return (loop * self.period_ms + self._times[k]) / 1000.0
+
+    def capacity_mbps(self, edges_s: np.ndarray) -> np.ndarray:
+        """Mean capacity (Mbit/s) in each interval between consecutive ``edges_s``."""
+        idx = np.array([self.index_at(float(t)) for t in edges_s], dtype=np.int64)
+        return np.diff(idx) * MTU_BYTES * 8 / np.diff(edges_s) / 1e6
+
+
+# ---- loading ---------------------------------------------------------------------------
+
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise ScenarioError(f"trace file not found: {path}")
+    try:
+        return path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"cannot read trace {path}: {exc}") from exc
+
+
+def load_mahimahi(path: str | Path) -> Trace:
+    """Read a mahimahi trace (one integer millisecond per line)."""
+    path = Path(path)
+    lines = _read_lines(path)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise ScenarioError(f"{path}: empty trace")
+    try:
+        times = np.array(lines).astype(np.int64)
+    except ValueError:
+        for i, line in enumerate(lines, 1):
+            if not line.strip().lstrip("-").isdigit():
+                raise ScenarioError(f"{path}:{i}: not an integer millisecond: {line.strip()!r}") from None
+        raise
+    if times[0] < 0:
+        raise ScenarioError(f"{path}:1: negative timestamp {times[0]}")
+    _check_monotonic(times, path, lambda i: i + 1)
+    if times[-1] <= 0:
+        raise ScenarioError(f"{path}: trace period (last timestamp) must be positive")
+    return Trace(times, int(times[-1]), path.name)
+
+
+def _check_monotonic(values: np.ndarray, path: Path, line_of) -> None:
+    bad = np.flatnonzero(np.diff(values) < 0)
+    if bad.size:
+        i = int(bad[0]) + 1
+        raise ScenarioError(
+            f"{path}:{line_of(i)}: timestamps not monotonic ({values[i]} after {values[i - 1]})"
+        )
+
+
+def load_csv(path: str | Path) -> Trace:
+    """Read a ``time_s, Mbit/s`` CSV: each rate holds until the next row's time.
+
+    The last row's rate holds for one more interval of the previous spacing;
+    the trace then loops. A first line that is not numeric is a header.
+    """
+    path = Path(path)
+    rows: list[tuple[int, float, float]] = []
+    for i, line in enumerate(_read_lines(path), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = [p.strip() for p in line.split(",")]
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            t, r = float(parts[0]), float(parts[1])
+        except ValueError:
+            if not rows and i == 1:
+                continue  # header
+            raise ScenarioError(f"{path}:{i}: expected 'time_s, Mbit/s', got {line.strip()!r}") from None
+        if not (math.isfinite(t) and math.isfinite(r)) or t < 0 or r < 0:
+            raise ScenarioError(f"{path}:{i}: time and rate must be finite and non-negative")
+        rows.append((i, t, r))
+    if not rows:
+        raise ScenarioError(f"{path}: empty trace")
+    if len(rows) == 1:
+        raise ScenarioError(f"{path}: a CSV trace needs at least two rows")
+    lines = np.array([r[0] for r in rows])
+    t = np.array([r[1] for r in rows])
+    rate = np.array([r[2] for r in rows])
+    strictly = np.flatnonzero(np.diff(t) <= 0)
+    if strictly.size:
+        k = int(strictly[0]) + 1
+        raise ScenarioError(f"{path}:{lines[k]}: timestamps not monotonic ({t[k]} after {t[k - 1]})")
+    ends = np.append(t[1:], t[-1] + (t[-1] - t[-2]))
+    return from_rate_segments(t, ends, rate, path.name)
+
+
+def load_trace(path: str | Path) -> Trace:
+    """Load a trace by extension: ``.csv`` as CSV, anything else as mahimahi."""
+    path = Path(path)
+    return load_csv(path) if path.suffix.lower() == ".csv" else load_mahimahi(path)
+
+
+def write_mahimahi(trace: Trace, path: str | Path) -> None:
+    """Write ``trace`` in mahimahi format (its last timestamp must be its period)."""
+    if int(trace.times_ms[-1]) != trace.period_ms:
+        raise ScenarioError(f"{trace.name}: the last opportunity must fall on the period end to loop")
+    Path(path).write_text("\n".join(map(str, trace.times_ms.tolist())) + "\n")
+
+
+# ---- synthetic traces ------------------------------------------------------------------
+
+
+def from_rate_per_ms(rate_mbps: np.ndarray, name: str = "synthetic") -> Trace:
+    """Opportunities realising a per-millisecond rate profile (Mbit/s), one period.
+
+    Packets are released when the cumulative byte budget crosses a multiple
+    of the MTU. The final millisecond always holds one opportunity so that the
+    mahimahi period (the last timestamp) equals the profile's length.
+    """
+    rate = np.asarray(rate_mbps, dtype=np.float64)
+    if rate.size == 0 or np.any(~np.isfinite(rate)) or np.any(rate < 0):
+        raise ScenarioError(f"{name}: rates must be finite, non-negative and non-empty")
+    cum = np.cumsum(rate * 125.0)  # bytes per millisecond at 1 Mbit/s
+    packets = np.floor(cum / MTU_BYTES + 1e-9).astype(np.int64)
+    counts = np.diff(packets, prepend=0)
+    counts[-1] = max(counts[-1], 1)
+    times = np.repeat(np.arange(1, rate.size + 1, dtype=np.int64), counts)
+    return Trace(times, int(rate.size), name)
+
+
+def from_rate_segments(starts_s: np.ndarray, ends_s: np.ndarray, rate_mbps: np.ndarray, name: str) -> Trace:
+    """Piecewise-constant rate segments ``[start, end)`` in seconds -> one looping trace."""
+    total_ms = int(round(float(ends_s[-1]) * 1000))
+    ms = np.arange(total_ms) / 1000.0
+    seg = np.clip(np.searchsorted(starts_s, ms, side="right") - 1, 0, len(rate_mbps) - 1)
+    per_ms = np.where(ms >= starts_s[0], np.asarray(rate_mbps)[seg], 0.0)
+    return from_rate_per_ms(per_ms, name)
+
+
+def synthetic(
+    kind: str,
+    *,
+    duration_s: float = 60.0,
+    capacity_mbps: float = 5.0,
+    levels_mbps: tuple[float, ...] = (2.0, 8.0, 4.0),
+    step_s: float = 10.0,
+    sigma: float = 0.2,
+    min_mbps: float = 0.2,
+    max_mbps: float = 20.0,
+    on_s: float = 20.0,
+    off_s: float = 5.0,
+    seed: int = 0,
+) -> Trace:
+    """A synthetic trace.
+
+    - ``constant``: ``capacity_mbps`` throughout.
+    - ``steps``: ``levels_mbps`` in turn, each for ``step_s`` (cycled to ``duration_s``).
+    - ``random_walk``: starts at ``capacity_mbps``; every ``step_s`` the rate is
+      multiplied by ``exp(N(0, sigma))`` and clipped to [min_mbps, max_mbps].
+    - ``onoff``: ``capacity_mbps`` for ``on_s`` then nothing for ``off_s`` (outages).
+    """
+    if duration_s <= 0:
+        raise ScenarioError(f"synthetic trace: duration_s must be positive, got {duration_s}")
+    n = int(round(duration_s * 1000))
+    t = np.arange(n) / 1000.0
+    if kind == "constant":
+        rate = np.full(n, capacity_mbps)
+    elif kind == "steps":
+        if not levels_mbps or step_s <= 0:
+            raise ScenarioError("synthetic steps trace: needs levels_mbps and a positive step_s")
+        rate = np.asarray(levels_mbps, dtype=float)[(t // step_s).astype(int) % len(levels_mbps)]
+    elif kind == "random_walk":
+        if step_s <= 0 or not 0 < min_mbps <= max_mbps:
+            raise ScenarioError("synthetic random_walk trace: needs step_s > 0 and 0 < min_mbps <= max_mbps")
+        steps = int(math.ceil(duration_s / step_s))
+        rng = np.random.default_rng(seed)
+        log_rate = math.log(capacity_mbps) + np.cumsum(np.r_[0.0, rng.normal(0.0, sigma, steps - 1)])
+        levels = np.clip(np.exp(log_rate), min_mbps, max_mbps)
+        rate = levels[np.minimum((t // step_s).astype(int), steps - 1)]
+    elif kind == "onoff":
+        if on_s <= 0 or off_s < 0:
+            raise ScenarioError("synthetic onoff trace: needs on_s > 0 and off_s >= 0")
+        rate = np.where((t % (on_s + off_s)) < on_s, capacity_mbps, 0.0)
+    else:
+        raise ScenarioError(f"unknown synthetic trace kind '{kind}' (known: {', '.join(SYNTHETIC_KINDS)})")
+    return from_rate_per_ms(rate, f"{kind}-{capacity_mbps:g}mbps")
