@@ -259,7 +259,6 @@ def test_bad_arguments(exported):
         codec.encode(np.full((1, 4, 4), np.nan, np.float32), 0, value_range=vr)
     with pytest.raises(CodecError, match="backend"):
         LearnedCodec.from_folder(folder, backend="tflite").encode(f, 0, value_range=vr)
-    missing = LearnedCodec.from_folder.__func__  # noqa: F841  (the folder check below)
     with pytest.raises(CodecError, match="missing"):
         LearnedCodec(folder.parent / "nowhere", name="nowhere").encode(f, 0, value_range=vr)
     ok, reason = LearnedCodec(folder.parent / "nowhere", name="nowhere").availability()

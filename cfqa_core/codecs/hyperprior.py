@@ -53,7 +53,7 @@ class HyperpriorConfig:
     N: int = 48  # channels inside g_a / g_s
     M: int = 64  # channels of the latent y
     Nh: int = 32  # channels inside h_a / h_s and of z
-    lambdas: tuple[float, ...] = (0.02, 0.008, 0.003, 0.001, 0.0004)
+    lambdas: tuple[float, ...] = (0.2, 0.06, 0.02, 0.006, 0.002)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
