@@ -5,38 +5,24 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 import cfqa_core.codecs as codecs
 from cfqa_core.errors import CodecError
 from cfqa_core.inference import predict
-from cfqa_core.models import load_model
 from cloud.engine import (
-    InferenceEngine,
     InferenceRequest,
     ModelVersionError,
     RequestError,
     TaskPayload,
     UnknownModelError,
 )
-from cloud.testing import scene_images, test_model_spec
+from cloud.testing import scene_images
 from edge.backends import TorchBackend
 from proto.convert import load_codecs
 
 load_codecs()
 
 SPLIT = 5
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.set_num_threads(1)
-    return load_model(test_model_spec())
-
-
-@pytest.fixture(scope="module")
-def engine(model):
-    return InferenceEngine({model.meta.name: model})
 
 
 @pytest.fixture(scope="module")

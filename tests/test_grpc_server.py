@@ -5,14 +5,11 @@ import time
 
 import grpc
 import pytest
-import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import cfqa_core.codecs as codecs
-from cfqa_core.models import load_model
-from cloud.engine import InferenceEngine
 from cloud.server import ServerConfig, start_server
-from cloud.testing import scene_images, self_signed_cert, test_model_spec
+from cloud.testing import scene_images, self_signed_cert
 from edge.backends import TorchBackend
 from edge.client import CloudClient
 from proto import cfqa_v1_pb2 as pb
@@ -22,17 +19,6 @@ from proto.convert import depth_from_png, load_codecs, mask_from_png, payload_fr
 load_codecs()
 
 SPLIT = 6
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.set_num_threads(1)
-    return load_model(test_model_spec())
-
-
-@pytest.fixture(scope="module")
-def engine(model):
-    return InferenceEngine({model.meta.name: model})
 
 
 @pytest.fixture(scope="module")
