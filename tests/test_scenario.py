@@ -1,7 +1,6 @@
 """Scenario schema and loading: shipped scenarios, errors with field path and YAML line, --set."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -148,13 +147,3 @@ def test_schema_and_validate_commands(tmp_path, table_path, capsys):
     assert main(["scenario", "validate", str(path), "--set", "policy=teleport"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("cfqa scenario: error: ") and "Traceback" not in err
-
-
-def test_live_mode_needs_its_provider(tmp_path, table_path):
-    if importlib.util.find_spec("sim.live") is not None:
-        pytest.skip("a live provider is installed")
-    from sim.engine import simulate
-
-    loaded = load_scenario(data=tiny_scenario(table_path, mode="live", live={"model": "embedded"}))
-    with pytest.raises(ScenarioError, match="mode 'live': no frame-outcome provider"):
-        simulate(loaded, progress=False)

@@ -10,6 +10,7 @@ from cfqa_core.errors import PolicyError, ScenarioError
 from edge.policies.registry import POLICIES, PolicyParams
 from sim.engine import simulate
 from sim.node import ThroughputEstimator
+from sim.outcomes import ReplayProvider
 from sim.records import DROP_REASONS
 from sim.scenario import load_scenario
 from sim.table import BenchmarkTable
@@ -232,3 +233,25 @@ def test_ctrl_c_keeps_a_partial_result(table_path, monkeypatch):
     assert 39 <= r.columns["node"].size < 200
     assert r.sim_end_s < 20.0
     assert not math.isnan(r.columns["t_capture"][0])
+
+
+class TimedReplay(ReplayProvider):
+    """A provider that measures its own edge and cloud times (as the live one does)."""
+
+    def extract(self, frame):
+        return 0.5
+
+    def infer(self, frame, codec, rate_point):
+        return super().infer(frame, codec, rate_point)._replace(service_s=0.25)
+
+
+def test_provider_times_override_the_profile(table_path):
+    loaded = load(table_path)
+    r = simulate(loaded, provider=TimedReplay(loaded.table()), progress=False)
+    c = r.columns
+    enc = c["rate_point"] >= 0
+    assert np.all(c["edge_s"][enc] >= 0.5)
+    table = loaded.table().codec("cls", "hevc")
+    served = ~np.isnan(c["cloud_s"])
+    decode = table.arrays.decode_s[c["image"][served], [table.index[rp] for rp in c["rate_point"][served]]]
+    assert np.allclose(c["cloud_s"][served], decode + 0.25)

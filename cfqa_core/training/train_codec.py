@@ -386,9 +386,20 @@ def write_model_card(out_root: str | Path, metas: list[dict[str, Any]]) -> Path:
                     f"| {m['name']} | {task} | {r['rate_point']} | {r['lambda']:g} | {r['bpfp']:.4f} | "
                     f"{r['mse']:.3e} | {r['psnr_db']:.2f} | {r['encode_ms']:.1f} | {r['decode_ms']:.1f} |"
                 )
-    lines += ["", "## Size", "", "| codec | bytes |", "|---|---|"]
-    lines += [f"| {k} | {v:,} |" for k, v in sizes.items()]
-    lines += [f"| total | {sum(sizes.values()):,} |", ""]
+    lines += [
+        "",
+        "## Per codec",
+        "",
+        "| codec | trained on | steps | train s | final train bpp | files (bytes) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in metas:
+        t = m["training"]
+        lines.append(
+            f"| {m['name']} | {', '.join(m['trained_on'])} | {t['steps']} | {t['train_seconds']:.0f} | "
+            f"{t['final']['bpp']:.3f} | {sizes[m['name']]:,} |"
+        )
+    lines += [f"| total | | | | | {sum(sizes.values()):,} |", ""]
     path = out_root / "README.md"
     path.write_text("\n".join(lines))
     return path
