@@ -257,7 +257,10 @@ def build(cfg: BuildConfig) -> BuildResult:
         codec.require_available()
         ladders[name] = codec_ladder(codec, cfg.ladder)
     originals = prepare_originals(cfg)
-    units = [(task, name, i) for task in cfg.tasks for name in names for i in range(len(originals[task].ids))]
+    applies = {name: codecs.get_codec(name).tasks for name in names}
+    units = [(task, name, i) for task in cfg.tasks for name in names
+             if applies[name] is None or task in applies[name]
+             for i in range(len(originals[task].ids))]
     args = [(str(out), cfg.model, t, c, i, ladders[c], tuple(cfg.metrics)) for t, c, i in units]
 
     statuses: dict[str, int] = {}

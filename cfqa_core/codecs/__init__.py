@@ -9,4 +9,4 @@ from cfqa_core.codecs.base import (  # noqa: F401
 )
 
 # Built-in codecs register themselves on import.
-from cfqa_core.codecs import av1, hevc, reference, vvc  # noqa: E402,F401
+from cfqa_core.codecs import av1, hevc, learned, reference, vvc  # noqa: E402,F401

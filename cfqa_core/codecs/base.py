@@ -66,6 +66,8 @@ class FeatureCodec(ABC):
     name: ClassVar[str]
     family: ClassVar[str]
     ladder: ClassVar[tuple[int, ...]]
+    # Tasks whose features the codec is meant for (None: any); task-specific learned codecs set it.
+    tasks: ClassVar[tuple[str, ...] | None] = None
 
     def availability(self) -> tuple[bool, str | None]:
         """(True, None) when usable here, else (False, one-line reason)."""

@@ -374,7 +374,8 @@ def _register_shipped() -> None:
         cls = type(
             "".join(p.capitalize() for p in codec_name.replace("-", "_").split("_")) + "Codec",
             (LearnedCodec,),
-            {"name": codec_name, "__doc__": f"Learned {kind} codec trained on {trained}.", "__module__": __name__},
+            {"name": codec_name, "__doc__": f"Learned {kind} codec trained on {trained}.", "__module__": __name__,
+             "tasks": None if task == "multi" else (task,)},
         )
         register_codec(codec_name)(cls)
 

@@ -8,6 +8,7 @@ _MODULES = (
     "cfqa_core.commands.dataset_cmd",
     "cfqa_core.commands.bench_cmd",
     "cfqa_core.commands.codec_cmd",
+    "cfqa_core.commands.train_codec_cmd",
 )
 
 
