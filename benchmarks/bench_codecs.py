@@ -7,7 +7,8 @@ dpt 1160x128 frames) and QP: encode and decode wall time (median of
 Overhead: our ``encode()`` (quantise + pack + temp files + encoder + read back)
 against the same encoder's own command line on the same packed frame, run as a
 plain process (the way hyperfine times a command): ``hevc-x265`` vs ``x265``,
-``vvc`` vs ``ffmpeg -c:v libvvenc``, ``av1`` vs ``ffmpeg -c:v libaom-av1``, and
+``vvc`` vs ``ffmpeg -c:v libvvenc``, ``av1`` vs ``ffmpeg -c:v libaom-av1``,
+``hm``/``vtm`` vs the reference encoder's command line (when installed), and
 the in-process ``hevc`` vs the ``x265`` command. Wrapper and bare runs are
 interleaved so that load on the machine hits both alike; as load only ever
 adds time, wall overhead compares the best run of each (hyperfine's "min"),
@@ -105,6 +106,8 @@ def _bare_command(name: str, codec, frame: np.ndarray, qp: int, tmp: str) -> lis
         Path(src).write_bytes(yuv420_with_grey_chroma(frame, 10))
         return codec.command(src, os.path.join(tmp, "out.vvc"), width, height, qp)
     Path(src).write_bytes(raw_frame_bytes(frame, 10))
+    if name in ("hm", "vtm"):
+        return codec.encode_command(src, os.path.join(tmp, "out.bin"), width, height, qp, 10)
     if name == "av1":
         return codec.command(src, os.path.join(tmp, "out.obu"), width, height, qp, 10)
     cli = codec if isinstance(codec, HevcX265CliCodec) else HevcX265CliCodec(preset=codec.preset)
@@ -228,7 +231,7 @@ def main(argv=None) -> int:
         (available.append(name) if ok else skipped.__setitem__(name, reason))
     tasks = args.tasks.split(",")
     qps = [int(q) for q in args.qps.split(",")]
-    over = [c for c in ("hevc-x265", "hevc", "vvc", "av1") if c in available]
+    over = [c for c in ("hevc-x265", "hevc", "vvc", "av1", "hm", "vtm") if c in available]
     total = (sum(len(tasks) * (1 if c == "hevc-lossless" else len(qps)) for c in available)
              + len(over) * len(tasks) + (26 if args.calibrate_av1 else 0)
              + (len(PAPER_SHAPES) if args.paper and "hevc" in available else 0))

@@ -19,10 +19,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
+
 from cfqa_core.errors import ScenarioError
 from edge.policies.accuracy import damage
 from edge.policies.api import EncodeOutcome, PolicyContext
-from sim.table import BenchmarkTable
+from sim.table import BenchmarkTable, CodecArrays
 
 if TYPE_CHECKING:
     from sim.scenario import LoadedScenario
@@ -130,46 +132,53 @@ class _CellMetrics(Mapping):
 class ReplayProvider(FrameOutcomeProvider):
     """Outcomes looked up in a :class:`BenchmarkTable` (pure array indexing)."""
 
+    can_judge = True
+
     def __init__(self, table: BenchmarkTable) -> None:
         self.table = table
+        self._arrays: dict[tuple[str, str], CodecArrays] = {}  # hot-path cache of table.codec()
+        self._ref: dict[str, np.ndarray] = {}
+
+    def _codec(self, task: str, codec: str) -> CodecArrays:
+        key = (task, codec)
+        if key not in self._arrays:
+            self._arrays[key] = self.table.codec(task, codec)
+        return self._arrays[key]
 
     def image_ids(self, task: str) -> Sequence[object]:
-        return self.table.task(task).image_ids
+        ids, self._ref[task] = self.table.images(task)
+        return ids
 
     def codecs(self, task: str) -> tuple[str, ...]:
-        return tuple(self.table.task(task).codecs)
+        return tuple(self.table.pairs.get(task, ()))
 
     def ladder(self, task: str, codec: str) -> tuple[int, ...]:
-        return self.table.codec(task, codec).rate_points
+        return self._codec(task, codec).rate_points
 
     def metric_names(self) -> tuple[str, ...]:
         return self.table.metric_names
 
     def encode(self, frame: FrameRef, codec: str, rate_point: int) -> EncodeOutcome:
-        c = self.table.tasks[frame.task].codecs[codec]
+        c = self._codec(frame.task, codec)
         i, r = frame.image_index, c.index[rate_point]
         arr = c.arrays
         return EncodeOutcome(rate_point, int(c.sent_bytes[i, r]), float(arr.encode_s[i, r]),
                              _CellMetrics(arr.metrics, i, r), float(arr.decode_s[i, r]))
 
-    can_judge = True
-
     def judge(self, frame: FrameRef, codec: str, rate_point: int) -> float:
-        task = self.table.tasks[frame.task]
-        c = task.codecs[codec]
-        return float(damage(frame.task, c.arrays.task_score[frame.image_index, c.index[rate_point]],
-                            task.uncompressed[frame.image_index]))
+        c = self._codec(frame.task, codec)
+        i = frame.image_index
+        return float(damage(frame.task, c.arrays.task_score[i, c.index[rate_point]], c.arrays.ref_score[i]))
 
     def infer(self, frame: FrameRef, codec: str, rate_point: int) -> InferOutcome:
-        task = self.table.tasks[frame.task]
-        c = task.codecs[codec]
+        c = self._codec(frame.task, codec)
         i, r = frame.image_index, c.index[rate_point]
         arr = c.arrays
         return InferOutcome(float(arr.decode_s[i, r]), float(arr.task_score[i, r]),
-                            float(arr.gt_distortion[i, r]), float(task.uncompressed[i]))
+                            float(arr.gt_distortion[i, r]), float(arr.ref_score[i]))
 
     def rate_curve(self, task: str, codec: str) -> list[tuple[int, float, float]] | None:
-        c = self.table.tasks[task].codecs[codec]
+        c = self._codec(task, codec)
         b = c.sent_bytes.mean(axis=0)
         score = c.arrays.task_score.mean(axis=0)
         return [(rp, float(b[i]), float(score[i])) for i, rp in enumerate(c.rate_points)]

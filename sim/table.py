@@ -4,9 +4,10 @@ The table is built by ``cfqa dataset build``; its columns are defined once in
 :mod:`cfqa_core.benchdata.schema` and its dense ``[image, rate point]``
 arrays per (task, codec) come from :func:`edge.policies.table.replay_arrays`
 (rate points in ladder order, ``rate_index`` 0 = highest quality). This
-module adds what the simulator needs on top: one image set per task, the
-bytes a frame puts on the link (bitstream + decode sidecar) and a rate point
--> column map.
+module adds what the simulator needs on top: the bytes a frame puts on the
+link (bitstream + decode sidecar), a rate point -> column map, and one image
+set per task. A (task, codec) is indexed when first used, so a table still
+being built serves the pairs that are complete.
 """
 from __future__ import annotations
 
@@ -36,59 +37,53 @@ class CodecArrays:
         return self.arrays.rate_points
 
 
-@dataclass
-class TaskArrays:
-    image_ids: np.ndarray
-    uncompressed: np.ndarray  # ref_task_score: the uncompressed feature's score per image
-    codecs: dict[str, CodecArrays]
-
-
-@dataclass
 class BenchmarkTable:
-    tasks: dict[str, TaskArrays]
-    metric_names: tuple[str, ...]
-    source: str = "table"
+    """A benchmark table; ``codec(task, codec)`` gives its indexed arrays."""
+
+    def __init__(self, frame, source: str = "table") -> None:
+        if frame.empty:
+            raise ScenarioError(f"{source}: the benchmark table has no rows")
+        self.frame = frame
+        self.source = source
+        self.pairs: dict[str, list[str]] = tasks_and_codecs(frame)  # task -> codecs with rows
+        self.metric_names: tuple[str, ...] = metric_columns(frame)
+        self._arrays: dict[tuple[str, str], CodecArrays] = {}
 
     @classmethod
     def load(cls, path: str | Path) -> BenchmarkTable:
-        """Read and index a ``table.parquet`` or a build folder (ScenarioError if unusable)."""
+        """Read a ``table.parquet`` or a build folder (ScenarioError if unusable)."""
         try:
             frame = load_frame(path)
         except CfqaError as exc:
             raise ScenarioError(str(exc)) from None
-        return cls.from_frame(frame, source=str(path))
-
-    @classmethod
-    def from_frame(cls, frame, source: str = "table") -> BenchmarkTable:
-        """Index a DataFrame in the benchmark schema (ScenarioError if incomplete)."""
-        if frame.empty:
-            raise ScenarioError(f"{source}: the benchmark table has no rows")
-        tasks: dict[str, TaskArrays] = {}
-        try:
-            for task, codecs in tasks_and_codecs(frame).items():
-                arrays = {c: CodecArrays(replay_arrays(frame, task, c)) for c in codecs}
-                first = next(iter(arrays.values())).arrays
-                for codec, arr in arrays.items():
-                    if not np.array_equal(arr.arrays.image_ids, first.image_ids):
-                        raise ScenarioError(
-                            f"{source}: task {task}: codec {codec} covers other images than {first.codec}"
-                        )
-                tasks[task] = TaskArrays(first.image_ids, first.ref_score, arrays)
-        except ScenarioError:
-            raise
-        except CfqaError as exc:
-            raise ScenarioError(f"{source}: {exc}") from None
-        return cls(tasks, metric_columns(frame), source)
-
-    def task(self, task: str) -> TaskArrays:
-        if task not in self.tasks:
-            raise ScenarioError(f"{self.source}: no rows for task '{task}' (has: {', '.join(self.tasks)})")
-        return self.tasks[task]
+        return cls(frame, source=str(path))
 
     def codec(self, task: str, codec: str) -> CodecArrays:
-        arrays = self.task(task).codecs
-        if codec not in arrays:
-            raise ScenarioError(
-                f"{self.source}: no rows for codec '{codec}' on task '{task}' (has: {', '.join(arrays)})"
-            )
-        return arrays[codec]
+        """Arrays of ``task`` x ``codec`` (ScenarioError if absent or incomplete)."""
+        key = (task, codec)
+        if key not in self._arrays:
+            if task not in self.pairs:
+                raise ScenarioError(f"{self.source}: no rows for task '{task}' (has: {', '.join(self.pairs)})")
+            if codec not in self.pairs[task]:
+                raise ScenarioError(
+                    f"{self.source}: no rows for codec '{codec}' on task '{task}' (has: {', '.join(self.pairs[task])})"
+                )
+            try:
+                arrays = CodecArrays(replay_arrays(self.frame, task, codec))
+            except CfqaError as exc:
+                raise ScenarioError(f"{self.source}: {exc}") from None
+            for (t, other), seen in self._arrays.items():
+                if t == task and not np.array_equal(seen.arrays.image_ids, arrays.arrays.image_ids):
+                    raise ScenarioError(f"{self.source}: task {task}: codecs {other} and {codec} cover different images")
+            self._arrays[key] = arrays
+        return self._arrays[key]
+
+    def images(self, task: str) -> tuple[np.ndarray, np.ndarray]:
+        """(image ids, uncompressed score per image) of ``task``, from its first complete codec used."""
+        for (t, _), arrays in self._arrays.items():
+            if t == task:
+                return arrays.arrays.image_ids, arrays.arrays.ref_score
+        if task not in self.pairs:
+            raise ScenarioError(f"{self.source}: no rows for task '{task}' (has: {', '.join(self.pairs)})")
+        arrays = self.codec(task, self.pairs[task][0])
+        return arrays.arrays.image_ids, arrays.arrays.ref_score

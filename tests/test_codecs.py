@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 import zlib
 from dataclasses import replace
 from multiprocessing.pool import ThreadPool
@@ -17,12 +18,13 @@ import cfqa_core.codecs.hevc  # noqa: F401
 import cfqa_core.codecs.reference  # noqa: F401
 import cfqa_core.codecs.vvc  # noqa: F401
 from cfqa_core.codecs import _ffmpeg
+from cfqa_core.codecs._subprocess import run_tool
 from cfqa_core.codecs.av1 import base_q_idx
 from cfqa_core.codecs.base import EncodedFeature, get_codec, registered_names
 from cfqa_core.codecs.block import PAPER_LADDER, BlockCodec
 from cfqa_core.codecs.synthetic import EMBEDDED_SHAPES, PAPER_SHAPES, synthetic_feature
-from cfqa_core.codecs.hevc import HevcCodec, HevcX265CliCodec
-from cfqa_core.codecs.vvc import VvcCodec
+from cfqa_core.codecs.hevc import HevcCodec, HevcX265CliCodec, decode_hevc
+from cfqa_core.codecs.vvc import VvcCodec, decode_vvc
 from cfqa_core.errors import CodecError, DataError
 from cfqa_core.packing import PackingParams, dequantize, feature_range, quantize
 
@@ -292,6 +294,11 @@ def test_reference_codec_round_trip(name, small_feature):
     dec = codec.decode(enc)
     step = (vr[1] - vr[0]) / 1023
     assert float(np.mean((dec - small_feature) ** 2)) < (2 * step) ** 2
+    if codec.decoder() is not None:
+        # The reference decoder and FFmpeg's agree bit for bit.
+        ffmpeg_decode = decode_hevc if name == "hm" else decode_vvc
+        w, h = enc.meta["padded_width"], enc.meta["padded_height"]
+        np.testing.assert_array_equal(codec.decode_frame(enc), ffmpeg_decode(enc.bitstream, w, h, 10))
 
 
 @pytest.mark.slow
@@ -307,3 +314,16 @@ def test_paper_size_cls_frame_with_hevc():
     # HEVC's 10-bit quantiser step at QP 4 is 2**((4 + 8) / 6) = 4 levels: MSE ~ 4**2 / 12.
     mse = float(np.mean((levels.astype(float) - quantize(x, params)) ** 2))
     assert 0.3 < mse < 2.0
+
+
+def test_external_tool_failures_are_one_line_codec_errors(tmp_path):
+    t0 = time.perf_counter()
+    with pytest.raises(CodecError, match=r"sleeper timed out after 0\.5 s"):
+        run_tool(["sleep", "30"], what="sleeper", timeout=0.5)
+    assert time.perf_counter() - t0 < 10
+    with pytest.raises(CodecError, match=r"crasher crashed \(signal 11\)"):
+        run_tool(["sh", "-c", "kill -SEGV $$"], what="crasher")
+    with pytest.raises(CodecError, match=r"failer failed \(exit 3\): boom"):
+        run_tool(["sh", "-c", "echo boom >&2; exit 3"], what="failer")
+    with pytest.raises(CodecError, match="executable not found"):
+        run_tool([str(tmp_path / "no-such-encoder")], what="ghost")

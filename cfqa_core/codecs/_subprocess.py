@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -46,14 +45,15 @@ def run_tool(
 ) -> subprocess.CompletedProcess:
     """Run ``args``; CodecError (one line) on a missing tool, timeout, crash or non-zero exit."""
     try:
-        # A new session lets us kill the tool's whole process group on timeout.
+        # No new session: with the kernel's autogroup scheduling a new session
+        # would escape the caller's nice level. The encoders spawn no children,
+        # so killing the process itself on timeout is enough.
         proc = subprocess.Popen(
             list(map(str, args)),
             cwd=cwd,
             stdin=subprocess.PIPE if input_bytes is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            start_new_session=True,
         )
     except FileNotFoundError:
         raise CodecError(f"{what}: executable not found: {args[0]}") from None
@@ -62,10 +62,7 @@ def run_tool(
     try:
         out, err = proc.communicate(input=input_bytes, timeout=timeout)
     except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        proc.kill()
         proc.communicate()
         raise CodecError(f"{what} timed out after {timeout:g} s") from None
     if proc.returncode != 0:
