@@ -1,10 +1,13 @@
 """Simulator speed: scenarios/replay_1000.yaml (1,000 nodes x 1 simulated hour).
 
-Target: <= 60 s wall on this machine in replay mode. Replay reads the
-benchmark table; until a real ``table.parquet`` exists (scenario's
-``replay.table``) a synthetic one is generated (test data: speed only, its
-accuracy figures mean nothing). Also times a congested shared link
-(umts_congested) where processor sharing has many concurrent transfers.
+Target: <= 60 s wall on this machine in replay mode. replay_1000 runs twice:
+with the ``fixed-mid`` policy (the simulator's own cost: one table lookup per
+frame) and with the scenario's policy (``cfqa-target``: trial encodes and its
+search add the policy's cost). Replay reads the benchmark table; until a real
+``table.parquet`` exists (scenario's ``replay.table``) a synthetic one is
+generated (test data: speed only, its accuracy figures mean nothing). Also
+times a congested shared link (umts_congested) where processor sharing has
+many concurrent transfers.
 
 Writes benchmarks/results/sim.json and sim.md.
 
@@ -39,7 +42,7 @@ def _table_override(scenario: Path, tmp: Path) -> tuple[list[str], str]:
         return [f"replay.table={path}"], "synthetic"
 
 
-def bench(name: str, extra: list[str], tmp: Path, report: bool) -> dict:
+def bench(name: str, extra: list[str], tmp: Path, report: bool, policy: str | None = None) -> dict:
     from sim.results import run_policies, write_run
     from sim.scenario import load_scenario
 
@@ -49,16 +52,18 @@ def bench(name: str, extra: list[str], tmp: Path, report: bool) -> dict:
     loaded = load_scenario(scenario, [*overrides, *extra])
     t_load = time.perf_counter() - t0
     cpu0 = time.process_time()
-    results, partial = run_policies(loaded, [loaded.scenario.policy], progress=False)
+    policy = policy or loaded.scenario.policy
+    results, partial = run_policies(loaded, [policy], progress=False)
     cpu = time.process_time() - cpu0
     t1 = time.perf_counter()
-    summary = write_run(tmp / name, loaded, results, partial, report=report)
+    summary = write_run(tmp / f"{name}-{policy}", loaded, results, partial, report=report)
     t_write = time.perf_counter() - t1
     r = results[0]
     s = summary["policies"][r.policy]
     frames = int(r.columns["node"].size)
     return {
         "scenario": name,
+        "policy": policy,
         "overrides": extra,
         "table": table_kind,
         "nodes": r.nodes,
@@ -85,25 +90,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         rows = [
+            bench("replay_1000", extra, tmp, report=True, policy="fixed-mid"),
             bench("replay_1000", extra, tmp, report=True),
             bench("umts_congested", ["duration_s=300"] if args.quick else [], tmp, report=True),
         ]
-    main_row = rows[0]
     result = {
         "target": f"replay_1000 (1,000 nodes x 1 h) in <= {TARGET_S:g} s wall",
-        "met": (not args.quick) and main_row["total_s"] <= TARGET_S,
+        "met_simulator": (not args.quick) and rows[0]["total_s"] <= TARGET_S,
+        "met_with_scenario_policy": (not args.quick) and rows[1]["total_s"] <= TARGET_S,
         "quick": args.quick,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "load_avg": os.getloadavg()},
         "runs": rows,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "sim.json").write_text(json.dumps(result, indent=2) + "\n")
-    keys = ["scenario", "table", "nodes", "simulated_s", "frames", "simulate_wall_s", "simulate_cpu_s",
+    keys = ["scenario", "policy", "table", "nodes", "simulated_s", "frames", "simulate_wall_s", "simulate_cpu_s",
             "write_and_report_s", "total_s", "us_per_frame"]
     lines = [
         "# Simulator speed (replay mode)",
         "",
-        f"Target: {result['target']}. Met: **{'yes' if result['met'] else 'no'}**"
+        f"Target: {result['target']}. Met by the simulator (fixed policy): "
+        f"**{'yes' if result['met_simulator'] else 'no'}**; with the scenario's policy "
+        f"({rows[1]['policy']}): **{'yes' if result['met_with_scenario_policy'] else 'no'}**"
         + (" (quick run: not the target configuration)" if args.quick else "")
         + f". Load average during the run: {', '.join(f'{x:.2f}' for x in result['machine']['load_avg'])}.",
         "",

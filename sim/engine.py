@@ -40,6 +40,18 @@ class LinkInfo:
     shared: bool
     wire_bytes: int = 0
 
+    def usable(self, t_s: float) -> int:
+        """Delivery opportunities the link had in [0, t_s), outages removed."""
+        def index(t: float) -> int:
+            return self.trace.index_at(t + self.offset_s)
+
+        total = index(t_s) - index(0.0)
+        for start, dur in self.outages:
+            end = min(t_s, start + dur)
+            if end > start:
+                total -= index(end) - index(start)
+        return total
+
 
 @dataclass
 class RunResult:

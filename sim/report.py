@@ -33,13 +33,24 @@ def _bin_edges(duration_s: float, bin_s: float | None) -> np.ndarray:
     return np.arange(0.0, duration_s + bin_s, bin_s)
 
 
-def sent_per_bin(start: np.ndarray, end: np.ndarray, nbytes: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Bytes on the link per time bin, each transfer spread evenly over its duration."""
+def sent_per_bin(info, start: np.ndarray, end: np.ndarray, nbytes: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bytes on ``info``'s link per time bin.
+
+    Each transfer's bytes are spread over its duration in proportion to the
+    link's delivery opportunities (none during an outage), as the link
+    delivered them to a transfer alone on it.
+    """
+    usable = np.vectorize(info.usable, otypes=[np.float64])
+    at_edges = usable(edges)
+    o_start, o_end = usable(start), usable(end)
+    span = o_end - o_start
     out = np.zeros(edges.size, dtype=float)
-    span = np.maximum(end - start, 1e-12)
     for lo in range(0, start.size, 20000):  # bounded memory: transfers x edges per chunk
-        s, sp, b = start[lo:lo + 20000, None], span[lo:lo + 20000, None], nbytes[lo:lo + 20000, None]
-        out += (b * np.clip((edges[None, :] - s) / sp, 0.0, 1.0)).sum(axis=0)
+        sl = slice(lo, lo + 20000)
+        frac = (at_edges[None, :] - o_start[sl, None]) / np.maximum(span[sl, None], 1e-12)
+        # a transfer that used no opportunity (zero bytes) counts at its end
+        frac = np.where(span[sl, None] > 0, frac, (edges[None, :] >= end[sl, None]).astype(float))
+        out += (nbytes[sl, None] * np.clip(frac, 0.0, 1.0)).sum(axis=0)
     return np.diff(out)
 
 
@@ -61,14 +72,23 @@ def plot_capacity(results, path: Path, bin_s: float | None) -> None:
         for start, dur in info.outages:
             cap[(edges[:-1] < start + dur) & (edges[1:] > start)] = 0.0
         ax.fill_between(edges[:-1], cap, step="post", color="0.85", label="capacity")
+        peak = 0.0
         for r in results:
             c = r.columns
             sel = (c["link"] == li) & ~np.isnan(c["t_send_done"])
-            sent = sent_per_bin(c["t_send_start"][sel], c["t_send_done"][sel], c["wire_bytes"][sel].astype(float), edges)
-            ax.step(edges[:-1], sent * 8 / width / 1e6, where="post", lw=1.2, label=r.policy)
+            sent = sent_per_bin(info, c["t_send_start"][sel], c["t_send_done"][sel],
+                                c["wire_bytes"][sel].astype(float), edges)
+            mbps = sent * 8 / width / 1e6
+            peak = max(peak, float(mbps.max(initial=0.0)))
+            ax.step(edges[:-1], mbps, where="post", lw=1.2, label=r.policy)
         kind = "shared by its nodes" if info.shared else "one node's"
         ax.set_title(f"link {info.spec} #{li} ({kind}), trace {info.trace.name}", fontsize=9)
-        ax.set_ylabel("Mbit/s")
+        if 0 < peak < 0.2 * cap.max(initial=0.0):
+            # a lightly used link: a log scale keeps the sent rate readable beside the capacity
+            ax.set_yscale("symlog", linthresh=max(peak / 10, 1e-3))
+            ax.set_ylabel("Mbit/s (symlog)")
+        else:
+            ax.set_ylabel("Mbit/s")
         ax.legend(fontsize=7, loc="upper right")
     axes[-1, 0].set_xlabel("simulated time (s)")
     fig.suptitle("Bytes sent vs link capacity")
@@ -86,7 +106,7 @@ def plot_rate_accuracy(results, path: Path) -> None:
         for key, curve in first.rate_curves.items():
             if key.startswith(f"{task}/"):
                 rp, b, score = zip(*curve)
-                ax.plot(np.array(b) / 1e3, score, "-o", color="0.6", ms=3, label=f"{key} ladder")
+                ax.plot(np.array(b) / 1e3, score, "-o", color="0.6", ms=3, label=f"{key} ladder (all table images)")
                 for x, y, q in zip(b, score, rp):
                     ax.annotate(str(q), (x / 1e3, y), fontsize=6, color="0.4", xytext=(2, 2), textcoords="offset points")
         for r in results:

@@ -370,11 +370,16 @@ def check_scenario(loaded: LoadedScenario) -> None:
     if s.mode == "replay":
         table = loaded.table()
         for i, group in enumerate(s.nodes):
+            if group.task not in table.pairs:
+                raise loaded.error(("nodes", i, "task"), f"the benchmark table has no rows for task '{group.task}'")
+            if group.codec not in table.pairs[group.task]:
+                have = ", ".join(table.pairs[group.task])
+                raise loaded.error(("nodes", i, "codec"),
+                                   f"unknown codec '{group.codec}' for task {group.task} (table has: {have})")
             try:
                 table.codec(group.task, group.codec)
             except ScenarioError as exc:
-                field = "task" if group.task not in table.pairs else "codec"
-                raise loaded.error(("nodes", i, field), str(exc)) from None
+                raise loaded.error(("nodes", i, "codec"), str(exc)) from None
             if group.images.ids is not None:
                 known = {str(x) for x in table.images(group.task)[0]}
                 bad = [x for x in group.images.ids if str(x) not in known]

@@ -42,19 +42,6 @@ def _percentile(values: np.ndarray, q: float) -> float | None:
     return _f(np.percentile(values, q)) if values.size else None
 
 
-def link_capacity_bytes(info, start_s: float, end_s: float) -> int:
-    """Bytes a link could carry in [start_s, end_s), outages removed."""
-    def opps(a: float, b: float) -> int:
-        return info.trace.index_at(b + info.offset_s) - info.trace.index_at(a + info.offset_s)
-
-    total = opps(start_s, end_s)
-    for o_start, o_dur in info.outages:
-        a, b = max(start_s, o_start), min(end_s, o_start + o_dur)
-        if b > a:
-            total -= opps(a, b)
-    return total * MTU_BYTES
-
-
 def summarize(result) -> dict[str, Any]:
     """Metrics of one :class:`~sim.engine.RunResult` (JSON-ready)."""
     c = result.columns
@@ -72,7 +59,7 @@ def summarize(result) -> dict[str, Any]:
         for r in range(1, len(DROP_REASONS))
     }
     elapsed = max(result.sim_end_s, 1e-9)
-    capacity = sum(link_capacity_bytes(info, 0.0, result.sim_end_s) for info in result.links)
+    capacity = MTU_BYTES * sum(info.usable(result.sim_end_s) for info in result.links)
     out: dict[str, Any] = {
         "policy": result.policy,
         "partial": result.partial,
@@ -129,14 +116,14 @@ def add_savings(summaries: dict[str, dict], baseline: str | None) -> None:
         s["bandwidth_savings_vs_baseline"] = _f(1.0 - s["bytes_total"] / base) if base else None
 
 
-def summary_table(summaries: dict[str, dict]) -> list[tuple[str, list[str]]]:
-    """(column header, one cell per policy) pairs for printing and reports."""
+def summary_table(summaries: dict[str, dict], label: str = "policy") -> list[tuple[str, list[str]]]:
+    """(column header, one cell per row) pairs for printing and reports; rows are keyed by ``label``."""
     def fmt(v: Any, pattern: str) -> str:
         return "-" if v is None else pattern.format(v)
 
     rows = list(summaries.values())
     cols: list[tuple[str, list[str]]] = [
-        ("policy", [s["policy"] for s in rows]),
+        (label, list(summaries)),
         ("frames", [str(s["frames_total"]) for s in rows]),
         ("dropped", [str(s["frames_dropped"]) for s in rows]),
         ("MB sent", [fmt(s["bytes_total"] / 1e6, "{:.2f}") for s in rows]),

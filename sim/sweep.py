@@ -17,20 +17,6 @@ from typing import Any
 from cfqa_core.errors import ScenarioError
 from sim.scenario import load_scenario
 
-# Columns of the sweep table: (summary key, header, format).
-_SWEEP_COLUMNS = (
-    ("frames_total", "frames", "{}"),
-    ("frames_dropped", "dropped", "{}"),
-    ("bytes_total", "bytes", "{}"),
-    ("latency_p50_s", "p50 s", "{:.3f}"),
-    ("latency_p99_s", "p99 s", "{:.3f}"),
-    ("deadline_miss_rate", "miss", "{:.1%}"),
-    ("cls_top1", "cls_top1", "{:.3f}"),
-    ("seg_miou", "seg_miou", "{:.3f}"),
-    ("dpt_rmse", "dpt_rmse", "{:.3f}"),
-)
-
-
 def grid_points(grid: list[str]) -> list[list[str]]:
     """``["a=1,2", "b=x,y"]`` -> ``[["a=1", "b=x"], ["a=1", "b=y"], ...]``."""
     axes = []
@@ -143,16 +129,12 @@ def run_sweep(
 
 
 def sweep_table(result: dict) -> str:
-    """Markdown table: one row per grid point."""
-    head = ["point", *(h for _, h, _ in _SWEEP_COLUMNS)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for p in result["points"]:
-        s = p["summary"] or {}
-        cells = [" ".join(p["overrides"]) or "base"]
-        for key, _, fmt in _SWEEP_COLUMNS:
-            v = s.get(key)
-            cells.append("-" if v is None else fmt.format(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    if result["partial"]:
-        lines.append("\nPARTIAL: the sweep was interrupted; points without figures did not finish.")
+    """Markdown table: one row per finished grid point (the run summary's columns)."""
+    from sim.summary import format_table, summary_table
+
+    done = {" ".join(p["overrides"]) or "base": p["summary"] for p in result["points"] if p["summary"]}
+    lines = [format_table(summary_table(done, label="grid point"), markdown=True)] if done else []
+    missing = [" ".join(p["overrides"]) for p in result["points"] if not p["summary"]]
+    if result["partial"] or missing:
+        lines.append(f"\nPARTIAL: {len(missing)} point(s) did not finish: {'; '.join(missing)}")
     return "\n".join(lines)

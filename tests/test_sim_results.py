@@ -153,3 +153,16 @@ def test_sweep_on_ray_without_ray_is_a_clear_error(scenario_path, tmp_path, caps
     rc = main(["sweep", str(scenario_path), "--grid", "cloud.servers=1", "--ray", "--out", str(tmp_path / "s"), "--quiet"])
     assert rc == 2
     assert "--ray needs the 'ray' package" in capsys.readouterr().err
+
+
+def test_bytes_over_time_follow_the_link_and_skip_outages():
+    from sim.engine import LinkInfo
+    from sim.report import sent_per_bin
+    from sim.traces import synthetic
+
+    info = LinkInfo("up", synthetic("constant", capacity_mbps=12.0, duration_s=1.0), 0.0, [(0.002, 0.004)], True)
+    # one packet per ms at 1, 2, ... ms; the outage removes the 2-5 ms packets
+    assert info.usable(0.003) == 1 and info.usable(0.010) == 5
+    bins = sent_per_bin(info, np.array([0.0]), np.array([0.009]), np.array([4000.0]),
+                        np.array([0.0, 0.002, 0.006, 0.010]))
+    assert bins == pytest.approx([1000.0, 0.0, 3000.0])
