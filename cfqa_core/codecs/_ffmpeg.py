@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cfqa_core.codecs import _pyav
 from cfqa_core.codecs._subprocess import private_dir, read_output, run_tool
 from cfqa_core.errors import CodecError
 
@@ -54,6 +55,15 @@ def encoder_availability(encoder: str) -> tuple[bool, str | None]:
     if not has_encoder(encoder):
         return False, f"the static ffmpeg ({ffmpeg_exe()}) has no {encoder} encoder"
     return True, None
+
+
+def decode_picture(
+    pyav_decoder: str, demuxer: str, bitstream: bytes, width: int, height: int, bit_depth: int
+) -> np.ndarray:
+    """Decode one picture in-process with PyAV's ``pyav_decoder``, else with the ffmpeg CLI."""
+    if _pyav.has_codec(pyav_decoder):
+        return _pyav.decode_picture(pyav_decoder, bitstream, bit_depth)
+    return decode_with_ffmpeg(bitstream, demuxer, _pyav.gray_format(bit_depth), width, height)
 
 
 def decode_with_ffmpeg(

@@ -40,9 +40,7 @@ def base_q_idx(q: int) -> int:
 
 def decode_av1(bitstream: bytes, width: int, height: int, bit_depth: int) -> np.ndarray:
     """Decode an AV1 OBU stream with dav1d in-process (ffmpeg CLI when PyAV lacks it)."""
-    if _pyav.has_codec("libdav1d"):
-        return _pyav.decode_picture("libdav1d", bitstream, bit_depth)
-    return _ffmpeg.decode_with_ffmpeg(bitstream, "obu", _pyav.gray_format(bit_depth), width, height)
+    return _ffmpeg.decode_picture("libdav1d", "obu", bitstream, width, height, bit_depth)
 
 
 @register_codec("av1")

@@ -59,9 +59,7 @@ def x265_params(
 
 def decode_hevc(bitstream: bytes, width: int, height: int, bit_depth: int) -> np.ndarray:
     """Decode an Annex-B HEVC picture in-process (ffmpeg CLI when PyAV lacks HEVC)."""
-    if _pyav.has_codec("hevc"):
-        return _pyav.decode_picture("hevc", bitstream, bit_depth)
-    return _ffmpeg.decode_with_ffmpeg(bitstream, "hevc", _pyav.gray_format(bit_depth), width, height)
+    return _ffmpeg.decode_picture("hevc", "hevc", bitstream, width, height, bit_depth)
 
 
 def hevc_decoder_availability() -> tuple[bool, str | None]:

@@ -40,9 +40,7 @@ def yuv420_with_grey_chroma(frame: np.ndarray, bit_depth: int) -> bytes:
 
 def decode_vvc(bitstream: bytes, width: int, height: int, bit_depth: int) -> np.ndarray:
     """Decode an Annex-B VVC picture in-process (ffmpeg CLI when PyAV lacks VVC)."""
-    if _pyav.has_codec("vvc"):
-        return _pyav.decode_picture("vvc", bitstream, bit_depth)
-    return _ffmpeg.decode_with_ffmpeg(bitstream, "vvc", _pyav.gray_format(bit_depth), width, height)
+    return _ffmpeg.decode_picture("vvc", "vvc", bitstream, width, height, bit_depth)
 
 
 @register_codec("vvc")
