@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from cfqa_core.codecs import _ffmpeg, _pyav
+from cfqa_core.codecs import _ffmpeg
 from cfqa_core.codecs._subprocess import private_dir, read_output, run_tool
 from cfqa_core.codecs.base import register_codec
 from cfqa_core.codecs.block import BlockCodec, raw_frame_bytes
