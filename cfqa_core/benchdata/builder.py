@@ -93,7 +93,7 @@ def _model(name: str):
 
 
 @functools.lru_cache(maxsize=3)
-def _originals(out: str, task: str) -> Originals:
+def cached_originals(out: str, task: str) -> Originals:
     orig = load_originals(task, Path(out) / "originals" / f"{task}.npz")
     if orig is None:
         raise DataError(f"originals of {task} missing or corrupt in {out}")
@@ -104,7 +104,7 @@ def _shard_path(out: Path, task: str, codec: str, image_id: str) -> Path:
     return out / "shards" / task / codec / f"{image_id}.parquet"
 
 
-def _decoded_path(out: Path, task: str, codec: str, image_id: str) -> Path:
+def decoded_path(out: Path, task: str, codec: str, image_id: str) -> Path:
     return out / "decoded" / codec / task / f"{image_id}.npy"
 
 
@@ -116,11 +116,12 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def _metric_scores(metrics, f, fhat, value_range) -> dict[str, float]:
+def _metric_scores(metrics, f, fhat, value_range, task: str) -> dict[str, float]:
     from cfqa_core.metrics import compute_metrics
 
     vr = np.asarray(value_range, dtype=np.float64).reshape(-1, 2)
-    return compute_metrics(list(metrics), f, fhat, value_range=(float(vr[:, 0].min()), float(vr[:, 1].max())))
+    return compute_metrics(list(metrics), f, fhat, task=task,
+                           value_range=(float(vr[:, 0].min()), float(vr[:, 1].max())))
 
 
 def _decode_all(codec, rows: list[dict], shape) -> np.ndarray:
@@ -143,7 +144,7 @@ def run_unit(out: str, model_name: str, task: str, codec_name: str, index: int,
     from cfqa_core.inference import predict, task_score
 
     out_dir = Path(out)
-    orig = _originals(out, task)
+    orig = cached_originals(out, task)
     image_id = orig.ids[index]
     shard = _shard_path(out_dir, task, codec_name, image_id)
     codec = codecs.get_codec(codec_name)
@@ -165,7 +166,7 @@ def run_unit(out: str, model_name: str, task: str, codec_name: str, index: int,
         # New metrics on an existing shard: reuse decodes (or the stored bitstreams), no re-encoding.
         rows = cached.to_dict("records")
         decoded = None
-        dpath = _decoded_path(out_dir, task, codec_name, image_id)
+        dpath = decoded_path(out_dir, task, codec_name, image_id)
         if dpath.is_file():
             try:
                 decoded = np.load(dpath)
@@ -177,7 +178,7 @@ def run_unit(out: str, model_name: str, task: str, codec_name: str, index: int,
             decoded = _decode_all(codec, rows, f.shape)
             _atomic_save_npy(dpath, decoded.astype(np.float32))
         for r, fhat in zip(rows, decoded):
-            r.update(_metric_scores(metrics, f, fhat, orig.value_range))
+            r.update(_metric_scores(metrics, f, fhat, orig.value_range, task))
         _write_shard(pd.DataFrame(rows), shard)
         return {"status": "metrics"}
 
@@ -198,11 +199,11 @@ def run_unit(out: str, model_name: str, task: str, codec_name: str, index: int,
             "task_score": task_score(output, seg_classes=seg_classes, **gt),
             "ref_task_score": float(orig.ref_scores[index]),
             "feature_elements": int(f.size),
-            **_metric_scores(metrics, f, fhat, orig.value_range),
+            **_metric_scores(metrics, f, fhat, orig.value_range, task),
             "bitstream": enc.bitstream, "meta_json": json.dumps(enc.meta, sort_keys=True),
         })
         decoded.append(fhat)
-    _atomic_save_npy(_decoded_path(out_dir, task, codec_name, image_id), np.stack(decoded))
+    _atomic_save_npy(decoded_path(out_dir, task, codec_name, image_id), np.stack(decoded))
     _write_shard(pd.DataFrame(rows), shard)
     return {"status": "done"}
 

@@ -52,7 +52,7 @@ SHIPPED: dict[str, tuple[str, str]] = {
     "hyperprior-multi": ("scale", "multi"),
     "mshyperprior-multi": ("meanscale", "multi"),
 }
-DEFAULT_RATES = 5
+DEFAULT_RATES = 10
 
 
 def truncate(feature: np.ndarray, value_range: Any, range_axis: int = -3) -> np.ndarray:

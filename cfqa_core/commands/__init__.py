@@ -9,6 +9,7 @@ _MODULES = (
     "cfqa_core.commands.bench_cmd",
     "cfqa_core.commands.codec_cmd",
     "cfqa_core.commands.train_codec_cmd",
+    "cfqa_core.commands.train_metric_cmd",
 )
 
 

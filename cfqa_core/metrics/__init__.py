@@ -21,6 +21,7 @@ from cfqa_core.errors import MetricError
 from cfqa_core.metrics.base import MetricFn, MetricSpec, check_pair
 from cfqa_core.metrics.cka import cka, cka_seed
 from cfqa_core.metrics.cosine import cosine, cosine_flat
+from cfqa_core.metrics.learned import learned
 from cfqa_core.metrics.signal import mse, psnr
 
 __all__ = [
@@ -51,6 +52,7 @@ _add("cosine", cosine, True, (-1.0, 1.0), min_ndim=2)
 _add("cosine_flat", cosine_flat, True, (-1.0, 1.0))
 _add("cka", cka, True, (0.0, 1.0), min_ndim=2)
 _add("cka_seed", cka_seed, True, (0.0, 1.0), min_ndim=2)
+_add("learned", learned, False, None, kwargs=("task",), min_ndim=2)
 
 
 def metric_names() -> list[str]:

@@ -127,7 +127,7 @@ def _sample_feature(originals: list[np.ndarray] | None, task: str, elements: int
     return np.random.default_rng(0).normal(0, 1, shape).astype(np.float32)
 
 
-def measure_metric_s(metric: str, feature: np.ndarray, repeats: int = 21) -> float:
+def measure_metric_s(metric: str, feature: np.ndarray, repeats: int = 21, task: str = "cls") -> float:
     """Median seconds of one evaluation of ``metric`` on ``feature`` against a perturbed copy."""
     from cfqa_core.metrics import compute_metrics
 
@@ -136,7 +136,7 @@ def measure_metric_s(metric: str, feature: np.ndarray, repeats: int = 21) -> flo
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        compute_metrics([metric], feature, fhat, value_range=(lo, hi))
+        compute_metrics([metric], feature, fhat, value_range=(lo, hi), task=task)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -374,7 +374,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             arr = replay_arrays(frame, t, c)
             originals = load_originals(table_path, arr)
             metric_s = cfg.metric_s if cfg.metric_s is not None else measure_metric_s(
-                cfg.metric, _sample_feature(originals, t, arr.feature_elements))
+                cfg.metric, _sample_feature(originals, t, arr.feature_elements), task=t)
             section = evaluate_arrays(arr, cfg, specs, metric_s, calib_dir, hib, originals)
             section["features"] = originals is not None
             sections.append(section)

@@ -85,7 +85,7 @@ class LiveContext(PolicyContext):
         t0 = time.perf_counter()
         fhat = self.codec_impl.decode(self.bitstreams[out.rate_point]).reshape(self.feature.shape)
         t1 = time.perf_counter()
-        scores = compute_metrics(self.metric_names, self.feature, fhat,
+        scores = compute_metrics(self.metric_names, self.feature, fhat, task=self.task,
                                  value_range=metric_value_range(self.value_range)) if self.metric_names else {}
         t2 = time.perf_counter()
         return out._replace(metrics=scores, decode_s=t1 - t0), t2 - t0

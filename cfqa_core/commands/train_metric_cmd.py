@@ -1,0 +1,39 @@
+"""``cfqa train-metric``: train the learned CFQA metric on a benchmark build."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-metric",
+        help="train the learned CFQA metric on a benchmark build (with a leave-one-codec-out test)",
+        description="Reduce every (f, f^) pair of a build to cheap statistics, test a small MLP "
+        "leave-one-codec-out against cosine, then fit it on every row and write model.npz, "
+        "model.onnx and the leave-one-codec-out report.",
+    )
+    p.add_argument("--build", required=True, help="a 'cfqa dataset build' folder (table.parquet + caches)")
+    p.add_argument("--out", default=None, help="output folder (default: the package's weights/metrics/learned)")
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps per fit")
+    p.add_argument("--folds", type=int, default=None, help="image folds of the leave-one-codec-out test")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_train_metric)
+
+
+def _train_metric(args: argparse.Namespace) -> int:
+    from cfqa_core.bench.learned_metric import MetricTrainConfig, train_metric
+    from cfqa_core.metrics.learned import WEIGHTS_DIR
+
+    overrides = {k: getattr(args, k) for k in ("steps", "folds", "seed") if getattr(args, k) is not None}
+    result = train_metric(args.build, args.out or WEIGHTS_DIR, MetricTrainConfig(**overrides),
+                          progress=not args.quiet)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print((Path(result["out"]) / "loco.md").read_text())
+    return 0
+
