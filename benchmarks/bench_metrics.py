@@ -48,13 +48,14 @@ RESULTS = ROOT / "benchmarks" / "results"
 TARGET = 0.05
 
 
-def time_metric(name: str, f: np.ndarray, fhat: np.ndarray, repeat: int, value_range) -> tuple[float, float, float, float]:
+def time_metric(name: str, f: np.ndarray, fhat: np.ndarray, repeat: int, value_range,
+                task: str = "cls") -> tuple[float, float, float, float]:
     """(best wall ms, median wall ms, median CPU ms, value) of ``repeat`` runs after one warm-up."""
-    value = compute_metric(name, f, fhat, value_range=value_range)
+    value = compute_metric(name, f, fhat, value_range=value_range, task=task)
     walls, cpus = [], []
     for _ in range(repeat):
         w0, c0 = time.perf_counter(), time.process_time()
-        compute_metric(name, f, fhat, value_range=value_range)
+        compute_metric(name, f, fhat, value_range=value_range, task=task)
         cpus.append(time.process_time() - c0)
         walls.append(time.perf_counter() - w0)
     return 1000 * min(walls), 1000 * statistics.median(walls), 1000 * statistics.median(cpus), value
@@ -71,7 +72,7 @@ def speed_rows(metrics, shape_sets, repeats, progress) -> list[dict]:
         fhat = (f + rng.normal(0.0, 0.05 * float(f.std()), f.shape)).astype(np.float32)
         value_range = (float(f.min()), float(f.max()))
         for name in metrics:
-            best, wall, cpu, value = time_metric(name, f, fhat, repeats[kind], value_range)
+            best, wall, cpu, value = time_metric(name, f, fhat, repeats[kind], value_range, task)
             rows.append({"metric": name, "set": kind, "task": task, "shape": list(shape),
                          "elements": int(f.size), "best_ms": round(best, 3), "wall_ms": round(wall, 3),
                          "cpu_ms": round(cpu, 3),

@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cfqa_core.errors import DataError
-from cfqa_core.metrics.learned import STAT_NAMES, WEIGHTS_DIR, LearnedMetricModel, pair_statistics
+from cfqa_core.metrics.learned import LEAK, STAT_NAMES, WEIGHTS_DIR, LearnedMetricModel, leaky_relu, pair_statistics
 
 STATS_FILE = "learned-stats.parquet"
 COMPARED = ("cosine", "mse", "cka")
@@ -40,6 +40,8 @@ class MetricTrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     huber: float = 1.0  # on the standardised damage: cls ranks jump, a squared loss would chase them
+    rank_weight: float = 1.0  # pairwise ranking loss between rate points of the same feature
+    monotone: bool = True  # non-negative weights: damage never falls as an error statistic grows
     folds: int = 2
     seed: int = 0
 
@@ -118,9 +120,42 @@ def _huber_grad(r: np.ndarray, delta: float) -> np.ndarray:
     return np.clip(r, -delta, delta)
 
 
+def _forward(params: list[np.ndarray], x: np.ndarray) -> list[np.ndarray]:
+    acts = [x]
+    for i in range(0, len(params), 2):
+        h = acts[-1] @ params[i] + params[i + 1]
+        acts.append(leaky_relu(h, LEAK) if i < len(params) - 2 else h)
+    return acts
+
+
+def _backward(params: list[np.ndarray], acts: list[np.ndarray], grad: np.ndarray, decay: float) -> list:
+    grads: list = [None] * len(params)
+    for i in range(len(params) - 2, -1, -2):
+        grads[i] = acts[i // 2].T @ grad + decay * params[i]
+        grads[i + 1] = grad.sum(axis=0)
+        if i:
+            grad = (grad @ params[i].T) * np.where(acts[i // 2] > 0, 1.0, LEAK)
+    return grads
+
+
+def _pairs_within(groups: np.ndarray, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random pairs of distinct rows that share a group (rate points of one feature)."""
+    order = np.argsort(groups, kind="stable")
+    starts = np.searchsorted(groups[order], groups[order], side="left")
+    ends = np.searchsorted(groups[order], groups[order], side="right")
+    pos = rng.integers(0, len(order), n)
+    other = starts[pos] + (rng.random(n) * (ends[pos] - starts[pos])).astype(int)
+    return order[pos], order[np.minimum(other, ends[pos] - 1)]
+
+
 def fit(stats: np.ndarray, tasks: np.ndarray, target: np.ndarray, cfg: MetricTrainConfig,
-        info: dict | None = None) -> LearnedMetricModel:
-    """Train the MLP (numpy, Adam, mini-batches) on rows of ``stats`` with their tasks and damage."""
+        info: dict | None = None, groups: np.ndarray | None = None) -> LearnedMetricModel:
+    """Train the MLP (numpy, Adam, mini-batches) on rows of ``stats`` with their tasks and damage.
+
+    Loss: Huber on the per-task standardised damage, plus (``groups``: one id
+    per feature) a logistic ranking loss on pairs of the same feature's rate
+    points, which is what the CFQA protocol scores.
+    """
     rng = np.random.default_rng(cfg.seed)
     task_names = tuple(t for t in ("cls", "seg", "dpt") if t in set(tasks)) or tuple(sorted(set(tasks)))
     x_mean, x_std = stats.mean(axis=0), stats.std(axis=0) + 1e-6
@@ -128,36 +163,48 @@ def fit(stats: np.ndarray, tasks: np.ndarray, target: np.ndarray, cfg: MetricTra
     y_mean = np.array([target[ti == k].mean() for k in range(len(task_names))])
     y_std = np.array([target[ti == k].std() + 1e-6 for k in range(len(task_names))])
     model = LearnedMetricModel(task_names, x_mean, x_std, [], y_mean, y_std, info=dict(info or {}))
-    onehot = np.eye(len(task_names))[ti]
-    x = np.concatenate([(stats - x_mean) / x_std, onehot], axis=1)
+    x = np.concatenate([(stats - x_mean) / x_std, np.eye(len(task_names))[ti]], axis=1)
     y = (target - y_mean[ti]) / y_std[ti]
     sizes = (x.shape[1], *cfg.hidden, 1)
     params = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        params += [rng.normal(0.0, np.sqrt(2.0 / n_in), (n_in, n_out)), np.zeros(n_out)]
+        w = rng.normal(0.0, np.sqrt(2.0 / n_in), (n_in, n_out))
+        params += [np.abs(w) / np.sqrt(n_in) if cfg.monotone else w, np.zeros(n_out)]
     m = [np.zeros_like(p) for p in params]
     v = [np.zeros_like(p) for p in params]
     b1, b2, eps = 0.9, 0.999, 1e-8
+    n = min(cfg.batch, len(x))
+    use_rank = cfg.rank_weight > 0 and groups is not None
     for step in range(cfg.steps):
         lr = cfg.lr * 0.5 * (1 + np.cos(np.pi * step / cfg.steps))
-        idx = rng.integers(0, len(x), min(cfg.batch, len(x)))
-        acts = [x[idx]]
-        for i in range(0, len(params), 2):
-            h = acts[-1] @ params[i] + params[i + 1]
-            acts.append(np.maximum(h, 0.0) if i < len(params) - 2 else h)
-        grad = _huber_grad(acts[-1][:, 0] - y[idx], cfg.huber)[:, None] / len(idx)
-        grads = [None] * len(params)
-        for i in range(len(params) - 2, -1, -2):
-            grads[i] = acts[i // 2].T @ grad + cfg.weight_decay * params[i]
-            grads[i + 1] = grad.sum(axis=0)
-            if i:
-                grad = (grad @ params[i].T) * (acts[i // 2] > 0)
-        for k, (p, g) in enumerate(zip(params, grads)):
-            m[k] = b1 * m[k] + (1 - b1) * g
-            v[k] = b2 * v[k] + (1 - b2) * g * g
+        idx = rng.integers(0, len(x), n)
+        if use_rank:
+            i, j = _pairs_within(groups, rng, n)
+            idx = np.concatenate([idx, i, j])
+        acts = _forward(params, x[idx])
+        out = acts[-1][:, 0]
+        grad = np.zeros(len(idx))
+        grad[:n] = _huber_grad(out[:n] - y[idx[:n]], cfg.huber) / n
+        if use_rank:
+            sign = np.sign(target[i] - target[j])  # which of the pair is worse
+            si, sj = out[n:2 * n], out[2 * n:]
+            g = cfg.rank_weight * sign / (1.0 + np.exp(np.clip(sign * (si - sj), -30, 30))) / n
+            grad[n:2 * n], grad[2 * n:] = -g, g
+        grads = _backward(params, acts, grad[:, None], cfg.weight_decay)
+        for k, (p, gk) in enumerate(zip(params, grads)):
+            m[k] = b1 * m[k] + (1 - b1) * gk
+            v[k] = b2 * v[k] + (1 - b2) * gk * gk
             p -= lr * (m[k] / (1 - b1 ** (step + 1))) / (np.sqrt(v[k] / (1 - b2 ** (step + 1))) + eps)
+            if cfg.monotone and k % 2 == 0:
+                np.maximum(p, 0.0, out=p)
     model.layers = [(params[i], params[i + 1]) for i in range(0, len(params), 2)]
+    model.info["monotone"] = cfg.monotone
     return model
+
+
+def feature_groups(pairs) -> np.ndarray:
+    """One integer per row naming its feature: (task, codec, image)."""
+    return pairs.groupby(["task", "codec", "image_id"], sort=False).ngroup().to_numpy()
 
 
 def _xy(pairs):
@@ -173,6 +220,7 @@ def leave_one_codec_out(pairs, cfg: MetricTrainConfig, progress: bool = True):
     pred = np.full(len(pairs), np.nan)
     codec_col = pairs["codec"].to_numpy()
     stats, tasks, target = _xy(pairs)
+    groups = feature_groups(pairs)
     jobs = [(c, k) for c in codecs for k in range(cfg.folds)]
     for c, k in tqdm(jobs, desc="leave-one-codec-out", unit="fit", disable=not progress):
         train = (codec_col != c) & (fold != k)
@@ -180,7 +228,7 @@ def leave_one_codec_out(pairs, cfg: MetricTrainConfig, progress: bool = True):
         test_tasks = set(tasks[test])
         if not test.any() or not test_tasks <= set(tasks[train]):
             continue  # a task only this codec covers cannot be predicted without it
-        model = fit(stats[train], tasks[train], target[train], cfg)
+        model = fit(stats[train], tasks[train], target[train], cfg, groups=groups[train])
         pred[test] = model.predict(stats[test], tasks[test])
     out = pairs.copy()
     out["learned"] = pred
@@ -195,7 +243,16 @@ def compare_with_baselines(scored, compared=COMPARED):
 
     rows = scored[np.isfinite(scored["learned"].to_numpy())]
     metrics = ["learned", *[m for m in compared if m in rows.columns]]
-    summary, _ = summarise(per_feature_correlations(rows, metrics))
+    per_feature = per_feature_correlations(rows, metrics)
+    # Same features for every metric: a metric that stays flat while the distortion moves tells
+    # nothing about it (correlation 0), rather than leaving the feature out as the protocol does.
+    spread = rows.groupby(["task", "codec", "image_id"])["gt_distortion"].agg(lambda d: float(np.ptp(d)))
+    moving = spread.reindex(pd.MultiIndex.from_frame(per_feature[["task", "codec", "image_id"]])).to_numpy() > 0
+    flat = moving & (per_feature["status"] == "constant").to_numpy()
+    for col in ("plcc", "srocc", "plcc_oriented", "srocc_oriented"):
+        per_feature.loc[flat, col] = 0.0
+    per_feature.loc[flat, "status"] = "ok"
+    summary, _ = summarise(per_feature)
     wide = summary.pivot_table(index=["codec", "task"], columns="metric",
                                values=["plcc_oriented", "srocc_oriented", "n"], aggfunc="first")
     out = pd.DataFrame(index=wide.index)
@@ -224,7 +281,9 @@ def loco_markdown(cmp) -> str:
                f"PLCC {lp:+.3f} vs {cp:+.3f}, SROCC {ls:+.3f} vs {cs:+.3f}; better on both in {wins} of "
                f"{len(ok)} codec x task cells.")
     return "\n".join(["Oriented correlations (+1 = tracks the distortion perfectly), each codec held out of "
-                      "training and each image held out by fold.", "", *lines, "", verdict, ""])
+                      "training and each image held out by fold. Every metric is scored on the same features; "
+                      "a metric flat over a feature whose distortion moves counts 0 there.", "",
+                      *lines, "", verdict, ""])
 
 
 # ---- ONNX -----------------------------------------------------------------------------------
@@ -247,7 +306,8 @@ def export_onnx(model: LearnedMetricModel, path: str | Path) -> Path:
         nodes += [helper.make_node("MatMul", [f"h{i}", f"w{i}"], [f"m{i}"]),
                   helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"])]
         last = i == len(model.layers) - 1
-        nodes.append(helper.make_node("Identity" if last else "Relu", [f"a{i}"], ["out" if last else f"h{i + 1}"]))
+        nodes.append(helper.make_node("Identity", [f"a{i}"], ["out"]) if last else
+                     helper.make_node("LeakyRelu", [f"a{i}"], [f"h{i + 1}"], alpha=float(model.leak)))
     nodes += [helper.make_node("MatMul", ["task_onehot", "y_std"], ["scale"]),
               helper.make_node("MatMul", ["task_onehot", "y_mean"], ["shift"]),
               helper.make_node("Mul", ["out", "scale"], ["scaled"]),
@@ -278,7 +338,7 @@ def train_metric(build_dir: str | Path, out_dir: str | Path = WEIGHTS_DIR,
     info = {"config": asdict(cfg), "build": str(build_dir), "rows": int(len(pairs)),
             "codecs": sorted(pairs["codec"].unique()), "images": int(pairs["image_id"].nunique()),
             "command": f"cfqa train-metric --build {build_dir}"}
-    model = fit(stats, tasks, target, cfg, info)
+    model = fit(stats, tasks, target, cfg, info, groups=feature_groups(pairs))
     out = Path(out_dir)
     model.save(out)
     export_onnx(model, out / "model.onnx")

@@ -8,6 +8,11 @@ ground-truth semantic distortion oriented so that higher is worse, in the
 task's own unit (Cls: rank of the true label - 1; Seg: mIoU lost;
 Dpt: RMSE gained, metres). Lower is better.
 
+Every statistic grows with the coding error, and the network is monotone
+(non-negative weights, leaky ReLU), so the damage it predicts can only grow as
+the error grows: an unseen codec cannot make it rank a finer rate point
+below a coarser one by a quirk of the fit.
+
 The network is trained by ``cfqa train-metric`` on a benchmark build
 (:mod:`cfqa_core.bench.learned_metric`) and shipped as ``model.npz`` (used
 here, numpy only) plus ``model.onnx`` (the same function for ONNX Runtime).
@@ -28,6 +33,9 @@ from cfqa_core.metrics.cosine import token_cosines
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights" / "metrics" / "learned"
 _TINY = 1e-12
+# Slope of the hidden activations below zero: with non-negative weights the
+# network then stays strictly increasing instead of going flat for small errors.
+LEAK = 0.05
 # Channels carrying the largest mean energy: DINOv2 features concentrate much of
 # their energy in a few "massive activation" channels, which the heads rely on.
 TOP_CHANNEL_FRACTION = 0.05
@@ -40,7 +48,7 @@ STAT_NAMES: tuple[str, ...] = (
     "log_1m_cos_max",    # ... its maximum
     "log_1m_cos_cls",    # ... of the class token (token 0)
     "log_pool_err",      # relative error of the mean patch token (what a linear head on the mean sees)
-    "log_norm_ratio",    # log |f^| / |f| (shrinkage by coarse quantisation is negative)
+    "log_norm_change",   # log10 | log |f^| / |f| | (coarse quantisation shrinks or inflates the norm)
     "log_1m_cka",        # 1 - linear CKA
     "log_bias",          # RMS of the per-channel mean error / std of f
     "log_top_nmse",      # MSE / energy in the top 5 % channels by energy
@@ -76,12 +84,16 @@ def pair_statistics(f: np.ndarray, fhat: np.ndarray) -> np.ndarray:
     )
     norm_ratio = (float(np.linalg.norm(b)) + _TINY) / (float(np.linalg.norm(a)) + _TINY)
     tail = (
+        abs(np.log(norm_ratio)),
         1.0 - cka(a, b),
         float(np.sqrt(np.mean(err.mean(axis=1) ** 2))) / std,
         float(np.mean(top_err * top_err)) / (float(energy[top].sum()) / (a.shape[0] * a.shape[1] * k) + _TINY),
     )
-    logs = np.log10(np.maximum(np.array(stats + tail), 0.0) + _TINY)
-    return np.concatenate([logs[: len(stats)], [np.log(norm_ratio)], logs[len(stats):]])
+    return np.log10(np.maximum(np.array(stats + tail), 0.0) + _TINY)
+
+
+def leaky_relu(h: np.ndarray, leak: float) -> np.ndarray:
+    return np.where(h > 0.0, h, leak * h)
 
 
 @dataclass
@@ -91,11 +103,12 @@ class LearnedMetricModel:
     tasks: tuple[str, ...]
     x_mean: np.ndarray            # (K,)
     x_std: np.ndarray             # (K,)
-    layers: list[tuple[np.ndarray, np.ndarray]]  # (W (in, out), b (out,)); ReLU between
+    layers: list[tuple[np.ndarray, np.ndarray]]  # (W (in, out), b (out,)); leaky ReLU between
     y_mean: np.ndarray            # (len(tasks),) damage mean per task
     y_std: np.ndarray             # (len(tasks),) damage std per task
     stat_names: tuple[str, ...] = STAT_NAMES
     info: dict[str, Any] = field(default_factory=dict)
+    leak: float = LEAK
 
     def task_onehot(self, tasks) -> np.ndarray:
         """(N, len(self.tasks)) float one-hot; MetricError for a task the model was not trained on."""
@@ -113,7 +126,7 @@ class LearnedMetricModel:
         for i, (w, b) in enumerate(self.layers):
             h = h @ w + b
             if i < len(self.layers) - 1:
-                h = np.maximum(h, 0.0)
+                h = leaky_relu(h, self.leak)
         return h[:, 0]
 
     def predict(self, stats: np.ndarray, tasks) -> np.ndarray:
@@ -134,7 +147,7 @@ class LearnedMetricModel:
             arrays[f"w{i}"], arrays[f"b{i}"] = w, b
         np.savez(folder / "model.npz", **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
         meta = {"tasks": list(self.tasks), "stat_names": list(self.stat_names), "n_layers": len(self.layers),
-                "info": self.info}
+                "leak": self.leak, "info": self.info}
         (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
         return folder
 
@@ -148,7 +161,7 @@ class LearnedMetricModel:
                 arrays = {k: z[k].astype(np.float64) for k in z.files}
             layers = [(arrays[f"w{i}"], arrays[f"b{i}"]) for i in range(int(meta["n_layers"]))]
             model = cls(tuple(meta["tasks"]), arrays["x_mean"], arrays["x_std"], layers, arrays["y_mean"],
-                        arrays["y_std"], tuple(meta["stat_names"]), meta.get("info", {}))
+                        arrays["y_std"], tuple(meta["stat_names"]), meta.get("info", {}), float(meta["leak"]))
         except FileNotFoundError as exc:
             raise MetricError(f"learned metric weights not found: {exc.filename} "
                               "(train them with 'cfqa train-metric --build DIR')") from None
