@@ -36,7 +36,7 @@ def test_statistics_of_identical_pair_sit_at_their_floor():
 
 def test_statistics_grow_with_the_error():
     small, large = (dict(zip(STAT_NAMES, pair_statistics(F, _noisy(s)))) for s in (0.01, 0.3))
-    for name in ("log_nmse", "log_max_err", "log_1m_cos_mean", "log_1m_cos_cls", "log_pool_err", "log_1m_cka"):
+    for name in ("log_nmse", "log_max_err", "log_1m_cos_mean", "log_1m_cos_cls", "log_pool_err", "log_top_nmse"):
         assert large[name] > small[name] + 1.0, name
     # nmse of N(0, sigma^2) noise on unit-variance features is sigma^2 (log10: -4 and about -1.05)
     assert small["log_nmse"] == pytest.approx(-4.0, abs=0.1)
@@ -102,7 +102,7 @@ def test_bad_inputs_are_named(tmp_path):
     model = fit(stats[tasks != "dpt"], tasks[tasks != "dpt"], target[tasks != "dpt"], MetricTrainConfig(steps=20))
     with pytest.raises(MetricError, match="no model for task 'dpt'"):
         model.predict(stats[:1], ["dpt"])
-    with pytest.raises(MetricError, match="expected 11 statistics"):
+    with pytest.raises(MetricError, match="expected 10 statistics"):
         model.predict(stats[:1, :3], ["cls"])
     with pytest.raises(MetricError, match="needs the task"):
         compute_metric("learned", F, _noisy(0.1))

@@ -283,7 +283,11 @@ def loco_markdown(cmp) -> str:
     return "\n".join(["Oriented correlations (+1 = tracks the distortion perfectly), each codec held out of "
                       "training and each image held out by fold. Every metric is scored on the same features; "
                       "a metric flat over a feature whose distortion moves counts 0 there.", "",
-                      *lines, "", verdict, ""])
+                      *lines, "", verdict, "",
+                      "Per-feature SROCC ranks one feature's rate points: wherever the coding error grows "
+                      "steadily along the ladder, every metric monotone in that error (MSE, cosine, a "
+                      "monotone learned model) ranks them identically, so SROCC ties and only PLCC, the "
+                      "shape of the mapping, can separate such metrics.", ""])
 
 
 # ---- ONNX -----------------------------------------------------------------------------------
@@ -345,4 +349,5 @@ def train_metric(build_dir: str | Path, out_dir: str | Path = WEIGHTS_DIR,
     records = json.loads(cmp.to_json(orient="records"))
     (out / "loco.json").write_text(json.dumps(records, indent=2) + "\n")
     (out / "loco.md").write_text("# Learned metric: leave-one-codec-out\n\n" + report)
-    return {"out": str(out), "rows": int(len(pairs)), "loco": records, "verdict": report.strip().splitlines()[-1]}
+    verdict = next(line for line in report.splitlines() if line.startswith("Learned metric"))
+    return {"out": str(out), "rows": int(len(pairs)), "loco": records, "verdict": verdict}
