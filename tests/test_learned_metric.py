@@ -133,3 +133,22 @@ def test_train_metric_on_a_real_build(tmp_path):
     model = LearnedMetricModel.load(tmp_path / "metric")
     row = pairs.iloc[0]
     assert model.predict(row[list(STAT_NAMES)].to_numpy(float)[None], [row["task"]]).shape == (1,)
+
+
+def test_shipped_metric_scores_more_damage_for_a_coarser_encode():
+    from cfqa_core.codecs import get_codec
+    from cfqa_core.codecs.synthetic import EMBEDDED_SHAPES, synthetic_feature
+    from cfqa_core.metrics.learned import WEIGHTS_DIR
+
+    if not (WEIGHTS_DIR / "model.npz").is_file():
+        pytest.skip("learned metric weights are not trained yet")
+    codec = get_codec("hevc")
+    ok, reason = codec.availability()
+    if not ok:
+        pytest.skip(reason)
+    f = synthetic_feature(EMBEDDED_SHAPES["seg"], seed=3)
+    vr = (float(f.min()), float(f.max()))
+    damage_at = [compute_metric("learned", f, codec.decode(codec.encode(f, qp, value_range=vr)).reshape(f.shape),
+                                task="seg") for qp in (4, 20, 36)]
+    assert damage_at[0] < damage_at[1] < damage_at[2], damage_at
+    assert (WEIGHTS_DIR / "model.onnx").is_file() and "cosine" in (WEIGHTS_DIR / "loco.md").read_text()
