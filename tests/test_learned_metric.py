@@ -152,3 +152,22 @@ def test_shipped_metric_scores_more_damage_for_a_coarser_encode():
                                 task="seg") for qp in (4, 20, 36)]
     assert damage_at[0] < damage_at[1] < damage_at[2], damage_at
     assert (WEIGHTS_DIR / "model.onnx").is_file() and "cosine" in (WEIGHTS_DIR / "loco.md").read_text()
+
+
+def test_cached_statistics_of_a_reencoded_row_are_recomputed(tmp_path):
+    from cfqa_core.bench.learned_metric import STATS_FILE
+
+    if not (EMBEDDED_DIR / "model.safetensors").is_file():
+        pytest.skip("embedded weights not trained yet")
+    from cfqa_core.benchdata.builder import BuildConfig, build
+
+    build_dir = tmp_path / "build"
+    build(BuildConfig(out=str(build_dir), n_per_task=1, tasks=("cls",), codecs=("hevc",), workers=1,
+                      progress=False, metrics=("mse",)))
+    first = pair_table(build_dir, progress=False)
+    cache = pd.read_parquet(build_dir / STATS_FILE)
+    cache.loc[0, "bytes"] += 1  # as if row 0 had been re-encoded since
+    cache.loc[0, STAT_NAMES[0]] = 99.0
+    cache.to_parquet(build_dir / STATS_FILE, index=False)
+    again = pair_table(build_dir, progress=False)
+    assert again[STAT_NAMES[0]].iloc[0] == pytest.approx(first[STAT_NAMES[0]].iloc[0])

@@ -80,7 +80,8 @@ def pair_table(build_dir: str | Path, progress: bool = True):
     if not table_path.is_file():
         raise DataError(f"no benchmark table at {table_path} (run 'cfqa dataset build --out {build}')")
     table = pd.read_parquet(table_path, columns=None).drop(columns=["bitstream", "meta_json"], errors="ignore")
-    key = ["task", "codec", "image_id", "rate_index"]
+    # ``bytes`` in the key: a rebuilt (re-encoded) row gets new statistics, never stale cached ones.
+    key = ["task", "codec", "image_id", "rate_index", "bytes"]
     cache = build / STATS_FILE
     done = None
     if cache.is_file():
