@@ -106,7 +106,7 @@ def test_bad_inputs_are_named(tmp_path):
         model.predict(stats[:1, :3], ["cls"])
     with pytest.raises(MetricError, match="needs the task"):
         compute_metric("learned", F, _noisy(0.1))
-    with pytest.raises(DataError, match="no benchmark table"):
+    with pytest.raises(DataError, match="benchmark table not found"):
         pair_table(tmp_path)
     with pytest.raises(DataError, match="folds"):
         MetricTrainConfig(folds=1)

@@ -24,7 +24,14 @@ import numpy as np
 from tqdm import tqdm
 
 from cfqa_core.errors import DataError
-from cfqa_core.metrics.learned import LEAK, STAT_NAMES, WEIGHTS_DIR, LearnedMetricModel, leaky_relu, pair_statistics
+from cfqa_core.metrics.learned import (
+    LEAK,
+    STAT_NAMES,
+    WEIGHTS_DIR,
+    LearnedMetricModel,
+    mlp_activations,
+    pair_statistics,
+)
 
 STATS_FILE = "learned-stats.parquet"
 COMPARED = ("cosine", "mse", "cka")
@@ -74,12 +81,10 @@ def pair_table(build_dir: str | Path, progress: bool = True):
     import pandas as pd
 
     from cfqa_core.benchdata.builder import cached_originals, decoded_path
+    from cfqa_core.benchdata.schema import read_table
 
     build = Path(build_dir)
-    table_path = build / "table.parquet"
-    if not table_path.is_file():
-        raise DataError(f"no benchmark table at {table_path} (run 'cfqa dataset build --out {build}')")
-    table = pd.read_parquet(table_path, columns=None).drop(columns=["bitstream", "meta_json"], errors="ignore")
+    table = read_table(build).drop(columns=["bitstream", "meta_json"], errors="ignore")
     # ``bytes`` in the key: a rebuilt (re-encoded) row gets new statistics, never stale cached ones.
     key = ["task", "codec", "image_id", "rate_index", "bytes"]
     cache = build / STATS_FILE
@@ -93,7 +98,8 @@ def pair_table(build_dir: str | Path, progress: bool = True):
             done = None
     merged = table.merge(done, on=key, how="left") if done is not None else table.assign(
         **{s: np.nan for s in STAT_NAMES})
-    todo = merged[merged[STAT_NAMES[0]].isna()]
+    values = merged[list(STAT_NAMES)].to_numpy(np.float64, copy=True)
+    todo = merged[np.isnan(values[:, 0])]
     groups = list(todo.groupby(["task", "codec", "image_id"], sort=True))
     for (task, codec, image_id), rows in tqdm(groups, desc="pair statistics", unit="feature", disable=not progress):
         orig = cached_originals(str(build), task)
@@ -104,13 +110,14 @@ def pair_table(build_dir: str | Path, progress: bool = True):
         except (OSError, ValueError) as exc:
             raise DataError(f"decoded features of {codec}/{task}/{image_id} unreadable at {path}: {exc} "
                             "(rebuild with 'cfqa dataset build')") from None
-        for idx, rank in zip(rows.index, rows["rate_index"].to_numpy()):
-            merged.loc[idx, list(STAT_NAMES)] = pair_statistics(f, decoded[int(rank)].reshape(f.shape))
+        for pos, rank in zip(merged.index.get_indexer(rows.index), rows["rate_index"].to_numpy()):
+            values[pos] = pair_statistics(f, decoded[int(rank)].reshape(f.shape))
+    merged[list(STAT_NAMES)] = values
     if groups:
         tmp = cache.with_name(cache.name + ".tmp")
         merged[[*key, *STAT_NAMES]].to_parquet(tmp, index=False)
         tmp.replace(cache)
-    if not np.isfinite(merged[list(STAT_NAMES)].to_numpy()).all():
+    if not np.isfinite(values).all():
         raise DataError(f"non-finite pair statistics in {build}")
     return merged
 
@@ -119,14 +126,6 @@ def pair_table(build_dir: str | Path, progress: bool = True):
 
 def _huber_grad(r: np.ndarray, delta: float) -> np.ndarray:
     return np.clip(r, -delta, delta)
-
-
-def _forward(params: list[np.ndarray], x: np.ndarray) -> list[np.ndarray]:
-    acts = [x]
-    for i in range(0, len(params), 2):
-        h = acts[-1] @ params[i] + params[i + 1]
-        acts.append(leaky_relu(h, LEAK) if i < len(params) - 2 else h)
-    return acts
 
 
 def _backward(params: list[np.ndarray], acts: list[np.ndarray], grad: np.ndarray, decay: float) -> list:
@@ -140,13 +139,17 @@ def _backward(params: list[np.ndarray], acts: list[np.ndarray], grad: np.ndarray
 
 
 def _pairs_within(groups: np.ndarray, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` random pairs of distinct rows that share a group (rate points of one feature)."""
+    """``n`` random pairs of rows that share a group (rate points of one feature).
+
+    A pair may draw the same row twice; its two damages are then equal and it
+    carries no ranking signal.
+    """
     order = np.argsort(groups, kind="stable")
     starts = np.searchsorted(groups[order], groups[order], side="left")
     ends = np.searchsorted(groups[order], groups[order], side="right")
     pos = rng.integers(0, len(order), n)
-    other = starts[pos] + (rng.random(n) * (ends[pos] - starts[pos])).astype(int)
-    return order[pos], order[np.minimum(other, ends[pos] - 1)]
+    other = starts[pos] + (rng.random(n) * (ends[pos] - starts[pos])).astype(int)  # random() < 1: in group
+    return order[pos], order[other]
 
 
 def fit(stats: np.ndarray, tasks: np.ndarray, target: np.ndarray, cfg: MetricTrainConfig,
@@ -182,7 +185,7 @@ def fit(stats: np.ndarray, tasks: np.ndarray, target: np.ndarray, cfg: MetricTra
         if use_rank:
             i, j = _pairs_within(groups, rng, n)
             idx = np.concatenate([idx, i, j])
-        acts = _forward(params, x[idx])
+        acts = mlp_activations(list(zip(params[::2], params[1::2])), x[idx])
         out = acts[-1][:, 0]
         grad = np.zeros(len(idx))
         grad[:n] = _huber_grad(out[:n] - y[idx[:n]], cfg.huber) / n

@@ -99,6 +99,15 @@ def leaky_relu(h: np.ndarray, leak: float) -> np.ndarray:
     return np.where(h > 0.0, h, leak * h)
 
 
+def mlp_activations(layers, x: np.ndarray, leak: float = LEAK) -> list[np.ndarray]:
+    """Input and every layer's output of the MLP ``layers`` ((W, b) pairs; leaky ReLU between)."""
+    acts = [x]
+    for i, (w, b) in enumerate(layers):
+        h = acts[-1] @ w + b
+        acts.append(leaky_relu(h, leak) if i < len(layers) - 1 else h)
+    return acts
+
+
 @dataclass
 class LearnedMetricModel:
     """Standardise the statistics, append the task one-hot, MLP, de-standardise per task."""
@@ -125,12 +134,8 @@ class LearnedMetricModel:
 
     def standardised(self, stats: np.ndarray, onehot: np.ndarray) -> np.ndarray:
         """The network's output before per-task de-standardisation, (N,)."""
-        h = np.concatenate([(np.asarray(stats, np.float64) - self.x_mean) / self.x_std, onehot], axis=1)
-        for i, (w, b) in enumerate(self.layers):
-            h = h @ w + b
-            if i < len(self.layers) - 1:
-                h = leaky_relu(h, self.leak)
-        return h[:, 0]
+        x = np.concatenate([(np.asarray(stats, np.float64) - self.x_mean) / self.x_std, onehot], axis=1)
+        return mlp_activations(self.layers, x, self.leak)[-1][:, 0]
 
     def predict(self, stats: np.ndarray, tasks) -> np.ndarray:
         """Predicted damage (higher = worse, task units) for rows of ``stats`` (N, K)."""
