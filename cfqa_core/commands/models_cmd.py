@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="share of steps at the lower input size (progressive resizing)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--label-smoothing", type=float, default=None)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bfloat16 autocast for the forward pass (faster on CPUs with AVX512-BF16)")
     p.add_argument("--init-from", default=None, help="continue training from a saved model folder")
     p.set_defaults(func=_train)
 

@@ -32,13 +32,13 @@ from cfqa_core.tasks import IMAGENET_MEAN, IMAGENET_STD
 class TrainConfig:
     n_train: int = 24000
     n_val: int = 500
-    steps: int = 2400
-    low_res_fraction: float = 0.6
+    steps: int = 4500
+    low_res_fraction: float = 0.75
     low_res: int = 112
     batch: int = 48
     lr: float = 1.5e-3
     weight_decay: float = 0.05
-    warmup: int = 150
+    warmup: int = 200
     seed: int = 0
     threads: int = 2
     workers: int = 2
@@ -46,6 +46,8 @@ class TrainConfig:
     w_cls: float = 1.0
     w_seg: float = 1.0
     w_dpt: float = 0.5
+    label_smoothing: float = 0.1
+    bf16: bool = True  # bfloat16 autocast for the forward pass (weights and optimiser stay float32)
     init_from: str | None = None  # continue from saved weights (a folder written by save_model)
 
 
@@ -143,10 +145,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
         x, y, m, d = _batch(train_set, idx, rng, res, cfg.loss_stride)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
-        out = model.forward_tasks(x, out_size=m.shape[-2:])
-        l_cls = F.cross_entropy(out["cls"], y, label_smoothing=0.1)
-        l_seg = F.cross_entropy(out["seg"], m)
-        l_dpt = F.l1_loss(out["dpt"], d)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            out = model.forward_tasks(x, out_size=m.shape[-2:])
+        l_cls = F.cross_entropy(out["cls"].float(), y, label_smoothing=cfg.label_smoothing)
+        l_seg = F.cross_entropy(out["seg"].float(), m)
+        l_dpt = F.l1_loss(out["dpt"].float(), d)
         loss = cfg.w_cls * l_cls + cfg.w_seg * l_seg + cfg.w_dpt * l_dpt
         opt.zero_grad(set_to_none=True)
         loss.backward()
