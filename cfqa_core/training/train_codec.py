@@ -347,7 +347,7 @@ def _saturation_note(metas: list[dict[str, Any]]) -> str:
             gains.append(by_k[0]["psnr_db"] - by_k[3]["psnr_db"])
             rates.append(by_k[0]["bpfp"] / max(by_k[3]["bpfp"], 1e-9))
     if not tops:
-        return "- Limit:"
+        return "- Limit: the transforms saturate at the top of the ladder (no Cls/Seg measurements here):"
     return (f"- Limit: the transforms saturate at the top of the ladder (Cls/Seg: {min(tops):.1f} to "
             f"{max(tops):.1f} dB PSNR at k = 0; k 3 -> 0 adds {min(gains):.2f} to {max(gains):.2f} dB for "
             f"{min(rates):.1f} to {max(rates):.1f}x the rate), so the highest lambdas differ mostly in rate:")
