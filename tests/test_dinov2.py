@@ -139,3 +139,27 @@ def test_bad_inputs():
         model.forward_until(torch.zeros(3, 168, 168), 1)
     with pytest.raises(ModelError, match="unknown model config"):
         build_backbone("vitz14")
+
+
+def test_explicit_attention_matches_sdpa():
+    from cfqa_core.models.dinov2 import _explicit_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 37, 16, generator=g) for _ in range(3))
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert (_explicit_attention(q, k, v) - expected).abs().max().item() <= 1e-5
+
+
+def test_bf16_autocast_forward_tracks_float32():
+    # Under CPU bf16 autocast the blocks take the explicit attention path; the
+    # tokens must stay close to the float32 (SDPA) forward.
+    torch.manual_seed(0)
+    model = DinoVisionTransformer(ViTConfig(embed_dim=64, depth=3, num_heads=4, img_size=56)).eval()
+    _randomise(model, 1)
+    x = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        ref = model.forward_until(x, 3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model.forward_until(x, 3).float()
+    rel = ((low - ref).norm() / ref.norm()).item()
+    assert 0 < rel < 0.02

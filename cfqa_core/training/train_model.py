@@ -32,7 +32,7 @@ from cfqa_core.tasks import IMAGENET_MEAN, IMAGENET_STD
 class TrainConfig:
     n_train: int = 24000
     n_val: int = 500
-    steps: int = 4500
+    steps: int = 6400
     low_res_fraction: float = 0.75
     low_res: int = 112
     batch: int = 48
@@ -80,6 +80,47 @@ def _batch(data, idx: np.ndarray, rng: np.random.Generator, res: int, stride: in
     return x, y, m[:, :grid, :grid], d[:, :grid, :grid]
 
 
+def new_embedded_model() -> SplitModel:
+    """A freshly initialised embedded model (backbone + the three heads) for the scene classes."""
+    meta = ModelMeta(
+        name="embedded",
+        config=CONFIGS["embedded"],
+        cls_classes=NUM_CLASSES,
+        seg_classes=NUM_CLASSES + 1,
+        class_names=tuple(CLASS_NAMES),
+        max_depth=16.0,
+        version="1",
+    )
+    return SplitModel(DinoVisionTransformer(meta.config), meta)
+
+
+def make_optimizer(model: SplitModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not on biases, norms or position embeddings)."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "pos_embed" in n]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
+
+
+def train_step(model: SplitModel, opt: torch.optim.Optimizer, batch, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """One optimiser step on ``batch = (pixels, labels, masks, depths)``; returns the loss terms."""
+    x, y, m, d = batch
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        out = model.forward_tasks(x, out_size=m.shape[-2:])
+    l_cls = F.cross_entropy(out["cls"].float(), y, label_smoothing=cfg.label_smoothing)
+    l_seg = F.cross_entropy(out["seg"].float(), m)
+    l_dpt = F.l1_loss(out["dpt"].float(), d)
+    loss = cfg.w_cls * l_cls + cfg.w_seg * l_seg + cfg.w_dpt * l_dpt
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return {"loss": loss.detach(), "cls": l_cls.detach(), "seg": l_seg.detach(), "dpt": l_dpt.detach()}
+
+
 def feature_ranges(model: SplitModel, scenes, n: int = 64, q: float = 1e-4) -> dict[str, list]:
     """Per-task truncation ranges from the tokens the edge sends (the seed's max_min, robustly).
 
@@ -110,31 +151,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
     val_set = load_split("val", cfg.n_val, workers=cfg.workers, progress=progress)
     t_data = time.time() - t0
 
-    meta = ModelMeta(
-        name="embedded",
-        config=CONFIGS["embedded"],
-        cls_classes=NUM_CLASSES,
-        seg_classes=NUM_CLASSES + 1,
-        class_names=tuple(CLASS_NAMES),
-        max_depth=16.0,
-        version="1",
-    )
     if cfg.init_from:
         from cfqa_core.models.zoo import load_model
 
         model = load_model(cfg.init_from)
         model.meta.version = str(int(model.meta.version) + 1) if model.meta.version.isdigit() else "1"
-        meta = model.meta
     else:
-        model = SplitModel(DinoVisionTransformer(meta.config), meta)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "pos_embed" in n]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(0.9, 0.98),
-    )
-    native = meta.config.img_size
+        model = new_embedded_model()
+    opt = make_optimizer(model, cfg)
+    native = model.meta.config.img_size
     switch = int(cfg.steps * cfg.low_res_fraction)
     model.train()
     log = []
@@ -145,19 +170,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
         x, y, m, d = _batch(train_set, idx, rng, res, cfg.loss_stride)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            out = model.forward_tasks(x, out_size=m.shape[-2:])
-        l_cls = F.cross_entropy(out["cls"].float(), y, label_smoothing=cfg.label_smoothing)
-        l_seg = F.cross_entropy(out["seg"].float(), m)
-        l_dpt = F.l1_loss(out["dpt"].float(), d)
-        loss = cfg.w_cls * l_cls + cfg.w_seg * l_seg + cfg.w_dpt * l_dpt
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        losses = train_step(model, opt, (x, y, m, d), cfg)
         if step % 50 == 0 or step == cfg.steps - 1:
-            rec = {"step": step, "res": res, "loss": loss.item(), "cls": l_cls.item(),
-                   "seg": l_seg.item(), "dpt": l_dpt.item()}
+            rec = {"step": step, "res": res, **{k: v.item() for k, v in losses.items()}}
             log.append(rec)
             bar.set_postfix(cls=f"{rec['cls']:.2f}", seg=f"{rec['seg']:.2f}", dpt=f"{rec['dpt']:.2f}")
     t_train = time.time() - t0 - t_data
