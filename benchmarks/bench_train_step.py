@@ -64,6 +64,7 @@ def _time_steps(res: int, bf16: bool, repeats: int) -> float:
 
 
 def main() -> None:
+    from cfqa_core.models.dinov2 import CONFIGS
     from cfqa_core.training.train_model import TrainConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -71,8 +72,6 @@ def main() -> None:
     args = parser.parse_args()
     cfg = TrainConfig()
     torch.set_num_threads(cfg.threads)
-    from cfqa_core.models.dinov2 import CONFIGS
-
     native = CONFIGS["embedded"].img_size
     rows = []
     # float32 never takes the explicit path, so it is timed once (as SDPA).
