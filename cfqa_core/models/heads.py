@@ -63,8 +63,24 @@ class DepthHead(nn.Module):
         grid: tuple[int, int],
         out_size: tuple[int, int],
     ) -> torch.Tensor:
-        """Depth N x H x W in metres from [(cls, patches), ...] of each level."""
+        """Depth N x H x W in metres from [(cls, patches), ...] of each level.
+
+        Computed channels-last: the bin scores stay N x h x w x K, so the
+        upsampling writes contiguous K-vectors and the softmax and the bin
+        expectation run over the innermost axis (``softmax(-1) @ bins``). The
+        channels-first layout took the softmax across a strided axis and
+        copied the full N x K x H x W scores several times. One image is
+        upsampled at a time, so the temporaries stay at two H x W x K tensors
+        whatever the batch size.
+        """
         feats = [torch.cat((p, c.unsqueeze(1).expand_as(p)), dim=-1) for c, p in levels]
-        logits = _patch_grid(self.fc(torch.cat(feats, dim=-1)), grid)
-        logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
-        return torch.einsum("nkhw,k->nhw", logits.softmax(dim=1), self.bins)
+        scores = self.fc(torch.cat(feats, dim=-1))  # N x P x K
+        n, h, w = scores.shape[0], grid[0], grid[1]
+        # A permuted view of N x h x w x K is a channels-last N x K x h x w tensor;
+        # interpolate keeps that memory format for its output.
+        maps = scores.reshape(n, h, w, -1).permute(0, 3, 1, 2)
+        depth = []
+        for i in range(n):
+            up = F.interpolate(maps[i : i + 1], size=out_size, mode="bilinear", align_corners=False)
+            depth.append(up.permute(0, 2, 3, 1).softmax(dim=-1) @ self.bins)
+        return torch.cat(depth) if depth else scores.new_zeros((0, *out_size))
