@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cfqa_core.errors import CfqaError, ScenarioError
-from sim.traces import SYNTHETIC_KINDS, Trace, load_trace, synthetic
+from sim.traces import SYNTHETIC_KINDS, Trace, find_trace, load_trace, synthetic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TASK_NAMES = ("cls", "seg", "dpt")
@@ -54,7 +54,7 @@ class OutageSpec(_Strict):
 class LinkSpec(_Strict):
     """An uplink: a trace plus delay, loss and outages."""
 
-    trace: str | SyntheticTraceSpec = Field(description="mahimahi/CSV path (relative to the scenario or the repo) or a synthetic spec")
+    trace: str | SyntheticTraceSpec = Field(description="mahimahi/CSV path (relative to the scenario, the repo, or the shipped traces: cellular/Verizon-LTE-short.up) or a synthetic spec")
     shared: bool = Field(False, description="one link shared fairly by all its nodes; else one link per node")
     delay_ms: NonNegFloat = Field(20.0, description="one-way propagation delay, also applied to the result's return")
     loss_rate: float = Field(0.0, ge=0.0, lt=1.0, description="packet loss probability")
@@ -203,7 +203,12 @@ class LoadedScenario:
         if link_name not in self._traces:
             spec = self.scenario.links[link_name].trace
             loc = ("links", link_name, "trace")
-            path = self.resolve(loc, spec) if isinstance(spec, str) else None
+            path = None
+            if isinstance(spec, str):
+                try:
+                    path = find_trace(spec, (self.base_dir, REPO_ROOT))
+                except ScenarioError as exc:
+                    raise self.error(loc, str(exc)) from None
             try:
                 trace = load_trace(path) if path else synthetic(**spec.model_dump())
             except ScenarioError as exc:

@@ -27,6 +27,10 @@ _EPS_MS = 1e-6
 
 SYNTHETIC_KINDS: tuple[str, ...] = ("constant", "steps", "random_walk", "onoff")
 
+# Real cellular traces shipped with the package (source and licence in its README.md),
+# so scenarios name them without anything beside the repository.
+SHIPPED_TRACES_DIR = Path(__file__).resolve().parent / "traces_data"
+
 
 @dataclass(frozen=True)
 class Trace:
@@ -161,6 +165,27 @@ def load_csv(path: str | Path) -> Trace:
         raise ScenarioError(f"{path}:{lines[k]}: timestamps not monotonic ({t[k]} after {t[k - 1]})")
     ends = np.append(t[1:], t[-1] + (t[-1] - t[-2]))
     return from_rate_segments(t, ends, rate, path.name)
+
+
+def shipped_traces() -> list[str]:
+    """Names of the shipped traces, relative to :data:`SHIPPED_TRACES_DIR` (``cellular/...``)."""
+    return sorted(
+        p.relative_to(SHIPPED_TRACES_DIR).as_posix()
+        for p in SHIPPED_TRACES_DIR.rglob("*")
+        if p.is_file() and p.suffix.lower() in (".up", ".down", ".csv")
+    )
+
+
+def find_trace(name: str | Path, search: tuple[Path, ...] = ()) -> Path:
+    """A trace file: ``name`` as given, under each of ``search``, then among the shipped traces."""
+    p = Path(name).expanduser()
+    tries = [p] if p.is_absolute() else [*(d / p for d in search), p, SHIPPED_TRACES_DIR / p]
+    for t in tries:
+        if t.is_file():
+            return t.resolve()
+    raise ScenarioError(
+        f"file not found: {name} (neither a path nor a shipped trace: {', '.join(shipped_traces()) or 'none'})"
+    )
 
 
 def load_trace(path: str | Path) -> Trace:

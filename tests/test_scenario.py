@@ -13,7 +13,6 @@ from sim.scenario import REPO_ROOT, load_scenario
 from sim.testdata import synthetic_table, tiny_scenario
 
 SCENARIOS = sorted((REPO_ROOT / "scenarios").glob("*.yaml"))
-SHARED = REPO_ROOT.parent / "shared" / "traces" / "cellular"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,6 @@ def test_the_five_scenarios_are_shipped():
     assert {p.stem for p in SCENARIOS} == {"default", "lte_commute", "umts_congested", "replay_1000", "outage_recovery"}
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/traces not present")
 @pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
 def test_shipped_scenarios_validate(path, table_path):
     loaded = load_scenario(path, [f"replay.table={table_path}"])

@@ -9,9 +9,9 @@ import pytest
 import simpy
 
 from sim.link import Link, outage_process
-from sim.traces import MTU_BYTES, Trace, load_mahimahi, synthetic
+from sim.traces import MTU_BYTES, SHIPPED_TRACES_DIR, Trace, load_mahimahi, synthetic
 
-LTE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "cellular" / "Verizon-LTE-short.up"
+LTE = SHIPPED_TRACES_DIR / "cellular" / "Verizon-LTE-short.up"
 
 # Opportunities at 2, 2, 5 and 9 ms, looping every 10 ms (so 12, 12, 15, 19, 22, ...).
 HAND = Trace(np.array([2, 2, 5, 9]), 10)

@@ -8,17 +8,26 @@ import pytest
 
 from cfqa_core.cli import main
 from cfqa_core.errors import ScenarioError
-from sim.traces import MTU_BYTES, Trace, load_csv, load_mahimahi, load_trace, synthetic, write_mahimahi
+from sim.traces import (
+    MTU_BYTES, SHIPPED_TRACES_DIR, Trace, find_trace, load_csv, load_mahimahi, load_trace, shipped_traces, synthetic,
+    write_mahimahi,
+)
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "traces" / "cellular"
-needs_traces = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/traces not present")
+CELLULAR = SHIPPED_TRACES_DIR / "cellular"
 
 
-@needs_traces
+def test_shipped_traces_are_found_by_name_and_unknown_names_fail_clearly(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing beside the working directory
+    assert shipped_traces() == ["cellular/TMobile-UMTS-driving.up", "cellular/Verizon-LTE-short.up"]
+    assert find_trace("cellular/Verizon-LTE-short.up") == CELLULAR / "Verizon-LTE-short.up"
+    with pytest.raises(ScenarioError, match=r"file not found: cellular/absent\.up \(neither a path nor a shipped trace: cellular/TMobile"):
+        find_trace("cellular/absent.up")
+
+
 def test_real_traces_match_their_readme():
-    lte = load_mahimahi(SHARED / "Verizon-LTE-short.up")
-    umts = load_mahimahi(SHARED / "TMobile-UMTS-driving.up")
-    raw = np.loadtxt(SHARED / "Verizon-LTE-short.up", dtype=np.int64)
+    lte = load_mahimahi(CELLULAR / "Verizon-LTE-short.up")
+    umts = load_mahimahi(CELLULAR / "TMobile-UMTS-driving.up")
+    raw = np.loadtxt(CELLULAR / "Verizon-LTE-short.up", dtype=np.int64)
     assert lte.count == raw.size and lte.period_ms == raw[-1] == 140000
     assert lte.mean_mbps == pytest.approx(5.95, abs=0.01)
     assert umts.duration_s == pytest.approx(931.2, abs=0.1)
