@@ -62,7 +62,7 @@ def decode_picture(
 ) -> np.ndarray:
     """Decode one picture in-process with PyAV's ``pyav_decoder``, else with the ffmpeg CLI."""
     if _pyav.has_codec(pyav_decoder):
-        return _pyav.decode_picture(pyav_decoder, bitstream, bit_depth)
+        return _pyav.decode_picture(pyav_decoder, bitstream, bit_depth, max_pixels=width * height)
     return decode_with_ffmpeg(bitstream, demuxer, _pyav.gray_format(bit_depth), width, height)
 
 
@@ -80,7 +80,7 @@ def decode_with_ffmpeg(
         # One decoder thread: FFmpeg's multi-threaded VVC decoder is not deterministic.
         run_tool(
             [exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-threads", "1",
-             "-err_detect", "crccheck+explode", "-f", demuxer, "-i", src,
+             "-err_detect", "crccheck+explode", "-max_pixels", str(width * height), "-f", demuxer, "-i", src,
              "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", pix_fmt, "-y", dst],
             what=f"ffmpeg {demuxer} decoder", timeout=timeout,
         )

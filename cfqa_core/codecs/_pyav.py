@@ -66,8 +66,12 @@ def encode_picture(
     return out
 
 
-def decode_picture(decoder: str, bitstream: bytes, bit_depth: int) -> np.ndarray:
-    """Decode the first picture of ``bitstream``; CodecError on any decoder complaint."""
+def decode_picture(decoder: str, bitstream: bytes, bit_depth: int, max_pixels: int | None = None) -> np.ndarray:
+    """Decode the first picture of ``bitstream``; CodecError on any decoder complaint.
+
+    ``max_pixels`` makes FFmpeg refuse a picture larger than the caller expects
+    before it allocates it (a tiny stream can declare a huge picture).
+    """
     import av
 
     if not bitstream:
@@ -78,9 +82,12 @@ def decode_picture(decoder: str, bitstream: bytes, bit_depth: int) -> np.ndarray
         # and a single small picture gains nothing from threads anyway.
         ctx.thread_count = 1
         # Refuse to conceal errors; verify picture hashes when the stream carries them.
-        ctx.options = {"err_detect": "crccheck+explode"}
+        options = {"err_detect": "crccheck+explode"}
+        if max_pixels:
+            options["max_pixels"] = str(int(max_pixels))
+        ctx.options = options
         frames = ctx.decode(av.Packet(bitstream)) + ctx.decode(None)
-    except (av.FFmpegError, EOFError, ValueError) as exc:
+    except (av.FFmpegError, EOFError, ValueError, MemoryError) as exc:
         raise CodecError(f"corrupt bitstream: {decoder} decoder: {exc}") from None
     if not frames:
         raise CodecError(f"corrupt bitstream: {decoder} decoder returned no picture")

@@ -21,10 +21,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from cfqa_core.codecs.base import EncodedFeature, FeatureCodec
+from cfqa_core.codecs.ladders import HEVC_OPERATING_LADDER, PAPER_LADDER
 from cfqa_core.errors import CodecError, DataError
 from cfqa_core.packing import PackingParams, pack, unpack, unpack_levels
 
-PAPER_LADDER: tuple[int, ...] = (2, 4, 6, 8, 10, 12, 14, 16, 18, 20)
 FORMAT_VERSION = 1
 
 
@@ -44,11 +44,54 @@ def frame_from_raw(data: bytes, width: int, height: int, bit_depth: int, what: s
     return np.frombuffer(data[:need], dtype=dtype).reshape(height, width).astype(np.uint16)
 
 
+# Largest coded picture a decoder is allowed to allocate (samples); far above any token
+# feature (ViT-g dpt: 2 x 4 x 257 x 1536 = 3.2 M) and far below what would hurt a server.
+MAX_FRAME_SAMPLES = 1 << 25
+
+
+def _ceil_to(n: int, align: int) -> int:
+    return -(-n // align) * align
+
+
+def checked_frame_size(meta: dict[str, Any], align: int, min_size: int = 1) -> tuple[int, int]:
+    """(padded_width, padded_height) implied by ``meta['shape']``; CodecError unless the metadata agrees.
+
+    ``width``/``height`` must equal the stacked frame of the shape and
+    ``padded_width``/``padded_height`` that frame padded to ``align`` (and at
+    least ``min_size``), exactly; the padded frame must stay under
+    :data:`MAX_FRAME_SAMPLES`.
+    """
+    try:
+        shape = [int(s) for s in meta["shape"]]
+        claimed = (int(meta["width"]), int(meta["height"]), int(meta["padded_width"]), int(meta["padded_height"]))
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise CodecError(f"encoded feature metadata is incomplete: missing or bad {exc}") from None
+    if len(shape) < 2 or len(shape) > 8 or any(s < 1 or s > MAX_FRAME_SAMPLES for s in shape):
+        raise CodecError(f"feature shape {shape[:9]} is not 2 to 8 positive sizes")
+    height = 1
+    for s in shape[:-1]:
+        height *= s
+        if height > MAX_FRAME_SAMPLES:
+            raise CodecError(f"feature shape {shape} makes a frame taller than {MAX_FRAME_SAMPLES} rows")
+    width = shape[-1]
+    pw = max(_ceil_to(width, align), _ceil_to(min_size, align))
+    ph = max(_ceil_to(height, align), _ceil_to(min_size, align))
+    if pw * ph > MAX_FRAME_SAMPLES:
+        raise CodecError(f"feature shape {shape} needs a {pw}x{ph} frame, above {MAX_FRAME_SAMPLES} samples")
+    if claimed != (width, height, pw, ph):
+        raise CodecError(
+            f"frame size {claimed[0]}x{claimed[1]} padded {claimed[2]}x{claimed[3]} does not match shape "
+            f"{shape} (expected {width}x{height} padded {pw}x{ph} at alignment {align})"
+        )
+    return pw, ph
+
+
 class BlockCodec(FeatureCodec):
     """A FeatureCodec whose rate point is the QP of a block-based intra encoder."""
 
     family: ClassVar[str] = "block"
-    ladder: ClassVar[tuple[int, ...]] = PAPER_LADDER
+    ladder: ClassVar[tuple[int, ...]] = HEVC_OPERATING_LADDER
+    paper_ladder: ClassVar[tuple[int, ...]] = PAPER_LADDER
     qp_range: ClassVar[tuple[int, int]] = (0, 51)
     bit_depths: ClassVar[tuple[int, ...]] = (8, 10, 12)
     # Frames are padded to a multiple of the smallest coding block all our encoders accept.
@@ -113,21 +156,31 @@ class BlockCodec(FeatureCodec):
         }
         return EncodedFeature(self.name, qp, bitstream, meta, encode_s=elapsed)
 
+    def expected_frame(self, meta: dict[str, Any]) -> tuple[int, int]:
+        """(padded_width, padded_height) that the metadata's shape implies, after checking it.
+
+        Every size a decoder allocates from is derived here from the shape and the
+        alignment and must equal what the metadata claims, so that a small request
+        cannot declare a huge picture.
+        """
+        return checked_frame_size(meta, self.align, self.min_size)
+
     def decode_frame(self, encoded: EncodedFeature) -> np.ndarray:
         """The decoded, still padded frame (uint16) after integrity checks."""
         meta = encoded.meta
         try:
-            width, height = int(meta["padded_width"]), int(meta["padded_height"])
             depth = int(meta["bit_depth"])
-        except (KeyError, TypeError, ValueError) as exc:
+            expected_bytes, expected_crc = int(meta["bytes"]), int(meta["crc32"])
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CodecError(f"encoded feature metadata is incomplete: missing or bad {exc}") from None
         self.check_bit_depth(depth)
+        width, height = self.expected_frame(meta)
         data = encoded.bitstream
-        if "bytes" in meta and len(data) != int(meta["bytes"]):
+        if len(data) != expected_bytes:
             raise CodecError(
-                f"corrupt bitstream: {len(data)} bytes, metadata says {meta['bytes']} (truncated?)"
+                f"corrupt bitstream: {len(data)} bytes, metadata says {expected_bytes} (truncated?)"
             )
-        if "crc32" in meta and zlib.crc32(data) != int(meta["crc32"]):
+        if zlib.crc32(data) != expected_crc:
             raise CodecError("corrupt bitstream: CRC-32 does not match the metadata")
         frame = self._decode_frame(data, width, height, depth)
         if frame.shape != (height, width):

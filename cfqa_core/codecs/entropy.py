@@ -113,7 +113,8 @@ def unpack_strings(data: bytes) -> tuple[bytes, bytes, int]:
     y_max, pos = read_varint(data, pos)
     if z_len > len(data) - pos:
         raise CodecError(f"corrupt bitstream: z string of {z_len} bytes but only {len(data) - pos} follow")
-    if y_max > MAX_Y_SYMBOL:
+    if not 1 <= y_max <= MAX_Y_SYMBOL:
+        # The encoder writes y_max >= 1; a zero range makes the coder's Gaussian degenerate.
         raise CodecError(f"corrupt bitstream: implausible latent range {y_max}")
     return data[pos : pos + z_len], data[pos + z_len :], y_max
 
@@ -124,6 +125,18 @@ def symbols_crc(symbols: np.ndarray) -> int:
 
 
 # ---- coding ---------------------------------------------------------------------------
+
+
+def native_failure(exc: BaseException, what: str) -> CodecError:
+    """The CodecError for a failure inside the native coder (re-raises interpreter exits).
+
+    constriction reports a Rust panic as ``pyo3_runtime.PanicException``, which
+    derives from BaseException: an ``except Exception`` would let it escape and
+    leave a server call unanswered.
+    """
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        raise exc
+    return CodecError(f"corrupt bitstream: {what} cannot be decoded ({type(exc).__name__}: {str(exc)[:200]})")
 
 
 def _constriction():
@@ -172,8 +185,8 @@ def decode_z(data: bytes, shape: tuple[int, ...], table: FactorizedTable) -> np.
     try:
         dec = c.stream.queue.RangeDecoder(bytes_to_words(data))
         symbols = np.asarray(dec.decode(c.stream.model.Categorical(perfect=False), probs), dtype=np.int64)
-    except Exception as exc:  # constriction signals bad data with assorted exception types
-        raise CodecError(f"corrupt bitstream: z string cannot be decoded ({exc})") from None
+    except BaseException as exc:  # constriction signals bad data with assorted types, even a panic
+        raise native_failure(exc, "z string") from None
     lengths = table.lengths[_channel_index(shape)]
     if np.any(symbols < 0) or np.any(symbols >= lengths):
         raise CodecError("corrupt bitstream: z symbol outside its prior's support")
@@ -217,8 +230,8 @@ def decode_y(
         flat = np.asarray(
             dec.decode(c.stream.model.QuantizedGaussian(-y_max, y_max), np.zeros_like(stds), stds), dtype=np.int32
         )
-    except Exception as exc:
-        raise CodecError(f"corrupt bitstream: y string cannot be decoded ({exc})") from None
+    except BaseException as exc:
+        raise native_failure(exc, "y string") from None
     q = flat.reshape(scales.shape).astype(np.float32)
     y_hat = q if means is None else (q + means).astype(np.float32)
     return y_hat, flat

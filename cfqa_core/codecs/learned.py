@@ -36,6 +36,7 @@ import numpy as np
 
 from cfqa_core.codecs import entropy
 from cfqa_core.codecs.base import EncodedFeature, FeatureCodec, register_codec
+from cfqa_core.codecs.block import checked_frame_size
 from cfqa_core.errors import CodecError, DataError
 from cfqa_core.packing import PackingParams, pack, unpack
 
@@ -323,22 +324,22 @@ class LearnedCodec(FeatureCodec):
         meta = encoded.meta
         try:
             k = self.check_rate_point(meta["rate_point"])
-            ph, pw = int(meta["padded_height"]), int(meta["padded_width"])
-            expected_bytes = int(meta["bytes"])
-        except (KeyError, TypeError, ValueError) as exc:
+            expected_bytes, expected_crc = int(meta["bytes"]), int(meta["crc32"])
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CodecError(f"encoded feature metadata is incomplete: missing or bad {exc}") from None
         if meta.get("format") != FORMAT_VERSION:
-            raise CodecError(f"encoded feature has format {meta.get('format')}, expected {FORMAT_VERSION}")
-        if ph <= 0 or pw <= 0 or ph % STRIDE or pw % STRIDE:
-            raise CodecError(f"padded frame {pw}x{ph} is not a positive multiple of {STRIDE}")
+            raise CodecError(f"encoded feature has format {meta.get('format')!r:.40}, expected {FORMAT_VERSION}")
+        # Latent and frame sizes follow from the shape alone; the metadata must agree exactly.
+        pw, ph = checked_frame_size(meta, STRIDE)
         if meta.get("weights") not in (None, self.bundle.weights_id):
             raise CodecError(
-                f"bitstream was made with weights {meta.get('weights')}, this '{self.name}' has {self.bundle.weights_id}"
+                f"bitstream was made with weights {str(meta.get('weights'))[:40]}, "
+                f"this '{self.name}' has {self.bundle.weights_id}"
             )
         data = encoded.bitstream
         if len(data) != expected_bytes:
             raise CodecError(f"corrupt bitstream: {len(data)} bytes, metadata says {expected_bytes} (truncated?)")
-        if "crc32" in meta and zlib.crc32(data) != int(meta["crc32"]):
+        if zlib.crc32(data) != expected_crc:
             raise CodecError("corrupt bitstream: CRC-32 does not match the metadata")
         self.require_available()
         y_shape, z_shape = self._latent_shapes(ph, pw)
