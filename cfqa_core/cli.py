@@ -24,11 +24,22 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+def _version() -> str:
+    """The installed distribution's version (a source tree without metadata says so)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cfqa-edgecloud")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cfqa",
         description="Edge-cloud split inference with compressed features (CFQA).",
     )
+    parser.add_argument("--version", action="version", version=f"cfqa {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:

@@ -5,9 +5,12 @@ Handlers import the simulator lazily so that ``cfqa --help`` stays light.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # Exit status of a run interrupted by Ctrl-C after writing what it measured.
 EXIT_PARTIAL = 130
@@ -20,6 +23,25 @@ def _add_scenario_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="run folder (default: runs/<name>-<kind>-<time>)")
     p.add_argument("--no-report", action="store_true", help="skip plots and the Markdown/HTML report")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_json_arg(p)
+
+
+def _add_json_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout (logs go to stderr)")
+
+
+@contextlib.contextmanager
+def _stdout_for(args) -> Iterator[None]:
+    """With ``--json``, anything printed while working goes to stderr, so stdout holds one JSON document."""
+    if getattr(args, "json", False):
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    else:
+        yield
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
 
 
 def register(sub) -> None:
@@ -34,7 +56,8 @@ def register(sub) -> None:
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("sweep", help="run a scenario over a grid of overrides")
-    p.add_argument("scenario", help="scenario YAML file")
+    # Optional here only so that '--ray scenario.yaml' (no address) parses; _cmd_sweep requires it.
+    p.add_argument("scenario", nargs="?", help="scenario YAML file")
     p.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2",
                    help="a swept field and its values (repeatable: the grid is their product)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -44,6 +67,7 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, help="sweep folder (default: runs/<name>-sweep-<time>)")
     p.add_argument("--report", action="store_true", help="write a full report per point")
     p.add_argument("--quiet", action="store_true")
+    _add_json_arg(p)
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("scenario", help="scenario schema and validation")
@@ -55,6 +79,7 @@ def register(sub) -> None:
     q = ssub.add_parser("validate", help="check a scenario (schema, files, codecs, policies)")
     q.add_argument("file", help="scenario YAML file")
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _add_json_arg(q)
     q.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("trace", help="network traces")
@@ -75,7 +100,8 @@ def register(sub) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=_cmd_trace_gen)
     q = tsub.add_parser("info", help="length and mean capacity of a trace")
-    q.add_argument("file")
+    q.add_argument("file", help="a trace path or a shipped trace (cellular/Verizon-LTE-short.up)")
+    _add_json_arg(q)
     q.set_defaults(func=_cmd_trace_info)
 
 
@@ -83,9 +109,12 @@ def _finish(args, loaded, policies: list[str], kind: str) -> int:
     from sim.results import default_out_dir, print_summary, run_policies, write_run
 
     out = args.out or default_out_dir(loaded, kind)
-    results, partial = run_policies(loaded, policies, progress=not args.quiet)
-    summary = write_run(out, loaded, results, partial, report=not args.no_report)
-    print_summary(summary, out)
+    with _stdout_for(args):
+        results, partial = run_policies(loaded, policies, progress=not args.quiet)
+        summary = write_run(out, loaded, results, partial, report=not args.no_report)
+        print_summary(summary, out)
+    if args.json:
+        _print_json({**summary, "out": str(out)})
     return EXIT_PARTIAL if partial else 0
 
 
@@ -115,18 +144,27 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
+    from cfqa_core.errors import ScenarioError
     from sim.results import default_out_dir
     from sim.scenario import load_scenario
     from sim.sweep import run_sweep, sweep_table
 
+    if args.scenario is None:
+        if not args.ray or Path(args.ray).suffix.lower() not in (".yaml", ".yml"):
+            raise ScenarioError("the scenario YAML file is required (cfqa sweep SCENARIO --grid KEY=V1,V2 ...)")
+        # '--ray scenario.yaml': argparse gave the path to --ray's optional ADDRESS
+        args.scenario, args.ray = args.ray, ""
     loaded = load_scenario(args.scenario, args.overrides)
     out = args.out or default_out_dir(loaded, "sweep")
-    result = run_sweep(
-        args.scenario, args.grid, out, base_overrides=args.overrides, workers=args.workers,
-        ray_address=args.ray, report=args.report, progress=not args.quiet,
-    )
-    print(sweep_table(result))
-    print(f"results: {out}")
+    with _stdout_for(args):
+        result = run_sweep(
+            args.scenario, args.grid, out, base_overrides=args.overrides, workers=args.workers,
+            ray_address=args.ray, report=args.report, progress=not args.quiet,
+        )
+        print(sweep_table(result))
+        print(f"results: {out}")
+    if args.json:
+        _print_json({**result, "out": str(out)})
     return EXIT_PARTIAL if result["partial"] else 0
 
 
@@ -146,6 +184,14 @@ def _cmd_validate(args) -> int:
 
     loaded = load_scenario(args.file, args.overrides)
     s = loaded.scenario
+    if args.json:
+        traces = {name: str(loaded.trace(name).name) for name in s.links}
+        _print_json({
+            "file": str(args.file), "ok": True, "name": s.name, "mode": s.mode, "nodes": s.node_count,
+            "links": len(s.links), "traces": traces, "duration_s": s.duration_s, "policy": s.policy,
+            "baseline_policy": s.baseline_policy,
+        })
+        return 0
     print(f"{args.file}: ok ({s.mode} mode, {s.node_count} nodes, {len(s.links)} link(s), {s.duration_s:g} s)")
     return 0
 
@@ -169,8 +215,15 @@ def _cmd_trace_gen(args) -> int:
 
 
 def _cmd_trace_info(args) -> int:
-    from sim.traces import load_trace
+    from sim.traces import find_trace, load_trace
 
-    trace = load_trace(args.file)
+    path = find_trace(args.file)
+    trace = load_trace(path)
+    if args.json:
+        _print_json({
+            "file": str(args.file), "path": str(path), "opportunities": trace.count,
+            "period_s": trace.duration_s, "mean_mbps": round(trace.mean_mbps, 6),
+        })
+        return 0
     print(f"{args.file}: {trace.count} opportunities, {trace.duration_s:g} s period, mean {trace.mean_mbps:.3f} Mbit/s")
     return 0

@@ -267,23 +267,23 @@ def simulate(
 
 
 def _run(env: simpy.Environment, log: FrameLog, duration_s: float, drain_s: float, progress: bool, desc: str) -> bool:
-    """Advance in slices with a progress bar; True if interrupted (partial)."""
-    from tqdm import tqdm
+    """Advance in slices with progress in simulated seconds; True if interrupted (partial)."""
+    from sim.progress import SimProgress
 
     end = duration_s + drain_s
     step = max(duration_s / 200.0, 1e-3)
     t = 0.0
-    with tqdm(total=round(duration_s, 1), unit="sim s", desc=desc, disable=not progress, leave=False) as bar:
+    with SimProgress(duration_s, desc, enabled=progress) as bar:
         try:
             while t < end:
                 t = min(t + step, end)
                 env.run(until=t)
+                bar.update(min(t, duration_s))
                 if t <= duration_s:
-                    bar.update(round(min(t, duration_s) - bar.n, 1))
-                elif log.open == 0:
+                    continue
+                if log.open == 0:
                     break  # arrivals stopped and every frame has its outcome
-                else:
-                    bar.set_postfix_str(f"draining {log.open} frames")
+                bar.draining(log.open)
         except KeyboardInterrupt:
             return True
     return False

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from sim.engine import RunResult, simulate
+from sim.provenance import provenance
 from sim.scenario import LoadedScenario
 from sim.summary import add_savings, format_table, summarize, summary_table
 
@@ -67,6 +68,7 @@ def write_run(out: Path, loaded: LoadedScenario, results: list[RunResult], parti
 
     out.mkdir(parents=True, exist_ok=True)
     summary = build_summary(loaded, results, partial)
+    summary["provenance"] = provenance(loaded)
     if results:
         pd.concat([r.frames() for r in results], ignore_index=True).to_parquet(out / "frames.parquet", index=False)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
