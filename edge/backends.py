@@ -20,7 +20,7 @@ from cfqa_core.errors import DataError, ModelError
 from cfqa_core.tasks import dpt_blocks, feature_blocks, get_task, make_views
 
 ONNX_META_FILE = "meta.json"
-BACKENDS: tuple[str, ...] = ("torch", "onnx")
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx")
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,19 @@ def make_backend(kind: str, *, model: str = "embedded", split: int | None = None
                  onnx_dir: str | Path | None = None, threads: int | None = None,
                  providers: Sequence[str] | None = None) -> FeatureBackend:
     """A backend by name: ``torch`` loads ``model``; ``onnx`` reads the export in ``onnx_dir``
-    and runs on ``providers`` (ONNX Runtime execution providers; default: all available)."""
+    and runs on ``providers`` (ONNX Runtime execution providers; default: all available);
+    ``auto`` is ``onnx`` on ``onnx_dir``, or on the user-cache export of ``model`` (made now, with
+    torch, at first use; see ``edge.export_cache``), and ``torch`` only without ONNX Runtime."""
+    if kind == "auto":
+        if onnx_dir is None:
+            import importlib.util
+
+            if importlib.util.find_spec("onnxruntime") is None:
+                return TorchBackend.load(model, split, threads)
+            from edge.export_cache import ensure_export
+
+            onnx_dir = ensure_export(model, split)
+        return OnnxBackend(onnx_dir, split, threads, providers)
     if kind == "torch":
         return TorchBackend.load(model, split, threads)
     if kind == "onnx":

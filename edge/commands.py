@@ -8,7 +8,7 @@ _MODULES: tuple[str, ...] = (
     "edge.run_cmd",
     "edge.export_cmd",
 )
-_TOP_LEVEL: tuple[str, ...] = ("edge.policies_cmd",)
+_TOP_LEVEL: tuple[str, ...] = ("edge.features_cmd", "edge.policies_cmd")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -9,17 +9,21 @@ def register(esub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", type=int, action="append", required=True,
                    help="split block K (repeatable: one graph per split)")
     p.add_argument("--model", default="embedded", help="'embedded' or a model folder")
-    p.add_argument("--out", required=True, help="output folder (graphs + meta.json)")
+    p.add_argument("--out", default=None,
+                   help="output folder (graphs + meta.json; default: the model's folder in the user cache, "
+                        "which 'cfqa features' and 'cfqa edge run' use without --onnx-dir)")
     p.add_argument("--opset", type=int, default=None)
     p.set_defaults(func=_export)
 
 
 def _export(args: argparse.Namespace) -> int:
     from cfqa_core.models import load_model
+    from edge.export_cache import cached_export_dir
     from edge.onnx_export import DEFAULT_OPSET, export_edge
 
+    out = args.out or cached_export_dir(args.model)
     model = load_model(args.model)
     for split in args.split:
-        path = export_edge(model, split, args.out, opset=args.opset or DEFAULT_OPSET)
+        path = export_edge(model, split, out, opset=args.opset or DEFAULT_OPSET)
         print(f"split {split}: {path}")
     return 0

@@ -29,8 +29,10 @@ def register(esub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", action="append", choices=["cls", "seg", "dpt"], default=None,
                    help="task (repeatable; default: cls)")
     p.add_argument("--split", type=int, default=None, help="split block K (default: the last block)")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
-    p.add_argument("--model", default="embedded", help="model of the torch backend")
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
+                   help="feature backend; auto (default): ONNX Runtime on --onnx-dir or on the model's export "
+                        "in the user cache (made once at first use), torch only without ONNX Runtime")
+    p.add_argument("--model", default="embedded", help="'embedded' or a model folder")
     p.add_argument("--onnx-dir", default=None, help="folder written by 'cfqa edge export' (onnx backend)")
     p.add_argument("--onnx-provider", action="append", default=None, metavar="NAME",
                    help="ONNX Runtime execution provider, in order of preference (repeatable; default: all "

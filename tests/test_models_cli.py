@@ -51,7 +51,9 @@ def test_features_from_image_and_pixels(tmp_path, scene_png, model):
     assert f.shape == (1, 145, 128) and f.dtype == np.float32
     pixels = np.random.default_rng(0).standard_normal((2, 3, 168, 168)).astype(np.float32)
     np.save(tmp_path / "px.npy", pixels)
-    assert main(["features", str(tmp_path / "px.npy"), "--block", "8", "--out", str(out)]) == 0
+    # The torch path itself (the ONNX one is tested against it in test_edge_export_cache.py).
+    assert main(["features", str(tmp_path / "px.npy"), "--block", "8", "--out", str(out),
+                 "--backend", "torch"]) == 0
     with torch.inference_mode():
         ref = model.backbone.forward_until(torch.from_numpy(pixels), 8).numpy()
     np.testing.assert_allclose(np.load(out), ref, atol=1e-5)

@@ -1,19 +1,15 @@
-"""``cfqa train``, ``cfqa models eval``, ``cfqa infer``, ``cfqa features``."""
+"""``cfqa train``, ``cfqa models eval``, ``cfqa infer`` (``cfqa features`` is in ``edge.features_cmd``)."""
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-
-import numpy as np
-
-from cfqa_core.errors import DataError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the embedded default model on synthetic scenes (CPU)")
-    p.add_argument("--out", default=None, help="output folder (default: the package's embedded weights)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: a new folder under $XDG_DATA_HOME/cfqa/models, never the package)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--n-train", type=int, default=None)
     p.add_argument("--n-val", type=int, default=None)
@@ -50,24 +46,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     inf.add_argument("--json", action="store_true")
     inf.set_defaults(func=_infer)
 
-    f = sub.add_parser("features", help="tokens after block K (before the final norm) as .npy")
-    f.add_argument("input", help="an image, or a .npy of preprocessed pixels N x 3 x H x W float32")
-    f.add_argument("--model", default="embedded", help="'embedded' or a local path (HF folder, .pth)")
-    f.add_argument("--block", type=int, required=True)
-    f.add_argument("--out", required=True)
-    f.set_defaults(func=_features)
-
 
 def _train(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from cfqa_core.models.zoo import EMBEDDED_DIR
     from cfqa_core.training.train_model import TrainConfig, train
+    from cfqa_core.userdirs import default_output
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                  if getattr(args, f.name, None) is not None}
-    report = train(TrainConfig(**overrides), args.out or EMBEDDED_DIR)
+    out = Path(args.out) if args.out else default_output("models", "embedded")
+    report = train(TrainConfig(**overrides), out)
     print(json.dumps(report["metrics_val"], indent=2))
+    print(f"model written to {out} (use it with --model {out})", file=sys.stderr)
     return 0
 
 
@@ -99,6 +90,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _infer(args: argparse.Namespace) -> int:
+    import numpy as np
     from PIL import Image
 
     from cfqa_core.data.dataset import read_image
@@ -137,28 +129,4 @@ def _infer(args: argparse.Namespace) -> int:
         for key in ("seg_png", "depth_png"):
             if key in result:
                 print(f"{key}: {result[key]}")
-    return 0
-
-
-def _features(args: argparse.Namespace) -> int:
-    import torch
-
-    from cfqa_core.data.dataset import read_image
-    from cfqa_core.models import load_model
-    from cfqa_core.tasks import make_views
-
-    model = load_model(args.model)
-    src = Path(args.input)
-    if src.suffix == ".npy":
-        if not src.is_file():
-            raise DataError(f"input not found: {src}")
-        pixels = np.load(src)
-        if pixels.ndim != 4 or pixels.shape[1] != 3 or pixels.dtype != np.float32:
-            raise DataError(f"{src}: expected float32 pixels N x 3 x H x W, got {pixels.dtype} {pixels.shape}")
-    else:
-        pixels = make_views("cls", read_image(src), model.image_size)
-    with torch.inference_mode():
-        tokens = model.backbone.forward_until(torch.from_numpy(pixels), args.block).numpy()
-    np.save(args.out, tokens.astype(np.float32))
-    print(f"{args.out}: {tokens.shape} float32 (block {args.block}, pre-norm)", file=sys.stderr)
     return 0
