@@ -29,6 +29,17 @@ RETRYABLE: frozenset[grpc.StatusCode] = frozenset({
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.DEADLINE_EXCEEDED,
 })
+# gRPC reports a message over the size limit (either side's) as RESOURCE_EXHAUSTED, the code of an
+# overloaded server; the same frame will be too large on every attempt.
+_TOO_LARGE = ("larger than max", "message too large")
+
+
+def is_retryable(code: grpc.StatusCode, message: str) -> bool:
+    """True for a failure that another attempt of the same request may not repeat."""
+    if code not in RETRYABLE:
+        return False
+    text = message.lower()
+    return not (code == grpc.StatusCode.RESOURCE_EXHAUSTED and any(t in text for t in _TOO_LARGE))
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,7 @@ class CloudClient:
         self.target = channel_target(self.addresses)
         self.timeout_s = timeout_s
         size = int(max_message_mb * 1024 * 1024)
+        self.max_message_bytes = size
         options: list[tuple[str, object]] = [
             ("grpc.lb_policy_name", "round_robin"),
             ("grpc.max_receive_message_length", size),
@@ -178,7 +190,15 @@ class CloudClient:
         stop: threading.Event | None = None,
         rng: random.Random | None = None,
     ) -> SendOutcome:
-        """Deliver ``request``, retrying transient failures until ``give_up_at`` (``time.monotonic``)."""
+        """Deliver ``request``, retrying transient failures until ``give_up_at`` (``time.monotonic``).
+
+        Permanent failures (a message over the size limit, INVALID_ARGUMENT, ...) end at once with their reason.
+        """
+        size = request.ByteSize()
+        if size > self.max_message_bytes:
+            return SendOutcome(None, grpc.StatusCode.RESOURCE_EXHAUSTED.name,
+                               f"message too large: {size} bytes over the {self.max_message_bytes}-byte limit; "
+                               "not retried", 0, 0.0)
         attempt = 0
         while True:
             t0 = time.perf_counter()
@@ -189,7 +209,9 @@ class CloudClient:
                 code, message = err.code(), err.details() or ""
             rpc_s = time.perf_counter() - t0
             attempt += 1
-            if code not in RETRYABLE:
+            if not is_retryable(code, message):
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    message = f"{message}; not retried"
                 return SendOutcome(None, code.name, message, attempt, rpc_s)
             if retry.max_attempts is not None and attempt >= retry.max_attempts:
                 return SendOutcome(None, code.name, f"gave up after {attempt} attempts: {message}", attempt, rpc_s)

@@ -15,6 +15,23 @@ def _key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
+def default_spool_dir(spool_dir: str | None, out: str | None, node_id: str | None) -> Path:
+    """The spool folder: the one given, else beside the output file, else in the user's data folder.
+
+    Never a temporary folder: the next run must find what this one left.
+    """
+    if spool_dir:
+        return Path(spool_dir)
+    if out:
+        out_path = Path(out)
+        return out_path.with_name(out_path.name + ".spool")
+    import socket
+
+    data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in (node_id or socket.gethostname()))
+    return data / "cfqa" / "edge-spool" / (name or "node")
+
+
 def register(esub: argparse._SubParsersAction) -> None:
     p = esub.add_parser("run", help="extract, encode and send a folder of images; one JSON line per frame")
     p.add_argument("--cloud", action="append", required=True, metavar="HOST:PORT",
@@ -46,7 +63,9 @@ def register(esub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=10.0, help="deadline of one call, seconds")
     p.add_argument("--senders", type=int, default=2, help="frames in flight at once")
     p.add_argument("--queue", type=int, default=32, help="frames queued in memory before spilling to disk")
-    p.add_argument("--spool-dir", default=None, help="spill folder (kept across runs; default: a temp folder)")
+    p.add_argument("--spool-dir", default=None,
+                   help="write-ahead spool, kept across runs so that a restart resumes (default: OUT.spool "
+                        "beside --out, else $XDG_DATA_HOME/cfqa/edge-spool/NODE_ID)")
     p.add_argument("--max-spool-mb", type=float, default=1024.0)
     p.add_argument("--max-age", type=float, default=300.0,
                    help="drop a frame the cloud has not taken within this many seconds of capture")
@@ -70,7 +89,7 @@ def _run(args: argparse.Namespace) -> int:
         cloud=args.cloud, tasks=tuple(args.task or ("cls",)), codec=args.codec, bit_depth=args.bit_depth,
         token=args.token or None, tls_ca=Path(args.tls_ca) if args.tls_ca else None,
         tls_server_name=args.tls_server_name, timeout_s=args.timeout, senders=args.senders,
-        memory_items=args.queue, spool_dir=Path(args.spool_dir) if args.spool_dir else None,
+        memory_items=args.queue, spool_dir=default_spool_dir(args.spool_dir, args.out, args.node_id),
         max_spool_mb=args.max_spool_mb, max_age_s=args.max_age,
         retry=RetryPolicy(initial_s=args.retry_initial, max_s=max(args.retry_max, args.retry_initial)),
         progress=not args.no_progress,

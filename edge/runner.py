@@ -21,8 +21,10 @@ one QP.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import random
 import socket
 import threading
@@ -122,16 +124,24 @@ class RunConfig:
     max_spool_mb: float = 1024.0
     max_age_s: float = 300.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    first_frame_id: int = 0
     progress: bool = True
+    fsync: bool = True  # spool files and output records reach the disk before a frame moves on
 
 
 @dataclass
 class RunSummary:
+    """Counts of one run. ``frames`` are frames captured by this run or recovered from the spool;
+    ``skipped`` images had ended in an earlier run (or are duplicates); ``pending`` frames stay in
+    the spool for the next run (the edge was stopped)."""
+
     frames: int = 0
     delivered: int = 0
     dropped: int = 0
     spilled: int = 0
+    skipped: int = 0
+    recovered: int = 0
+    pending: int = 0
+    quarantined: int = 0
     bytes_sent: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     e2e_ms: list[float] = field(default_factory=list)
@@ -140,7 +150,9 @@ class RunSummary:
         lat = np.asarray(self.e2e_ms) if self.e2e_ms else None
         return {
             "frames": self.frames, "delivered": self.delivered, "dropped": self.dropped,
-            "spilled": self.spilled, "bytes_sent": self.bytes_sent, "drop_reasons": self.reasons,
+            "spilled": self.spilled, "skipped": self.skipped, "recovered": self.recovered,
+            "pending": self.pending, "quarantined": self.quarantined,
+            "bytes_sent": self.bytes_sent, "drop_reasons": self.reasons,
             "e2e_ms_p50": None if lat is None else round(float(np.percentile(lat, 50)), 2),
             "e2e_ms_p99": None if lat is None else round(float(np.percentile(lat, 99)), 2),
         }
@@ -157,6 +169,39 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
+def frame_id_of(path: Path) -> int:
+    """A frame id that is the same in every run: 63 bits of SHA-256 over the image's name and bytes.
+
+    A restarted edge gives an image the id it had before, so it can tell which
+    frames already ended and the cloud can recognise a resent frame.
+    """
+    h = hashlib.sha256(path.name.encode("utf-8", "surrogateescape") + b"\0")
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        pass  # unreadable: the capture records the error; the name alone keeps the id stable
+    return int.from_bytes(h.digest()[:8], "big") >> 1
+
+
+def finished_ids(path: Path | None) -> set[int]:
+    """Frame ids with a final record (delivered or dropped) in an earlier run's JSON-lines output."""
+    ids: set[int] = set()
+    if path is None or not path.is_file():
+        return ids
+    with open(path, "rb") as fh:
+        for line in fh:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a crash is not a final record
+            if isinstance(rec, dict) and rec.get("status") in ("delivered", "dropped") \
+                    and isinstance(rec.get("frame_id"), int):
+                ids.add(rec["frame_id"])
+    return ids
+
+
 def load_image(path: Path) -> np.ndarray:
     """H x W x 3 uint8 RGB (DataError if unreadable)."""
     from PIL import Image, UnidentifiedImageError
@@ -169,10 +214,27 @@ def load_image(path: Path) -> np.ndarray:
 
 
 class _Writer:
-    """Thread-safe JSON-lines output plus the run summary."""
+    """Thread-safe JSON-lines output plus the run summary.
 
-    def __init__(self, path: Path | None, summary: RunSummary) -> None:
-        self._fh = open(path, "w") if path else None
+    The output is appended to, never truncated: a restarted edge continues the
+    file of the run it resumes. Each record is flushed (and fsynced for a regular
+    file) before its frame leaves the spool.
+    """
+
+    def __init__(self, path: Path | None, summary: RunSummary, fsync: bool = True) -> None:
+        self._fh = None
+        self._sync = False
+        if path is not None:
+            try:
+                self._fh = open(path, "a")
+            except OSError as exc:
+                raise DataError(f"cannot open output {path}: {exc.strerror or exc}") from None
+            self._sync = fsync and path.is_file()
+            if path.is_file() and path.stat().st_size:
+                with open(path, "rb") as fh:
+                    fh.seek(-1, os.SEEK_END)
+                    if fh.read(1) != b"\n":
+                        self._fh.write("\n")  # end the line a crash tore, so the next record parses
         self._lock = threading.Lock()
         self.summary = summary
 
@@ -191,6 +253,8 @@ class _Writer:
             if self._fh:
                 self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
                 self._fh.flush()
+                if self._sync:
+                    os.fsync(self._fh.fileno())
 
     def close(self) -> None:
         if self._fh:
@@ -214,7 +278,8 @@ class EdgeRunner:
             config.cloud, token=config.token, tls_ca=config.tls_ca, tls_server_name=config.tls_server_name,
             timeout_s=config.timeout_s)
         self._owns_client = client is None
-        self.queue = SpoolQueue(config.memory_items, config.spool_dir, int(config.max_spool_mb * 1024 * 1024))
+        self.queue = SpoolQueue(config.memory_items, config.spool_dir, int(config.max_spool_mb * 1024 * 1024),
+                                fsync=config.fsync)
         self.stop = threading.Event()
 
     # ---- capture side ------------------------------------------------------------------
@@ -254,8 +319,9 @@ class EdgeRunner:
 
     # ---- send side ---------------------------------------------------------------------
     def _finish(self, writer: _Writer, record: dict[str, Any], outcome: SendOutcome | None,
-                reason: str | None = None) -> None:
-        """Complete a frame's record (delivered with the cloud's answer, or dropped with a reason)."""
+                reason: str | None = None, item: SpoolItem | None = None, code: str | None = None) -> None:
+        """Complete a frame's record (delivered with the cloud's answer, or dropped with a reason),
+        write it, then let the frame leave the spool."""
         if outcome is not None and outcome.ok:
             resp = outcome.response
             record.update(status="delivered", reason=None, code="OK", attempts=outcome.attempts,
@@ -271,9 +337,12 @@ class EdgeRunner:
             }
         else:
             record.update(status="dropped", reason=reason or (outcome.message if outcome else "unknown"),
-                          code=outcome.code if outcome else None,
+                          code=outcome.code if outcome else code,
                           attempts=outcome.attempts if outcome else 0)
+        record.setdefault("latency_ms", {})
         writer.write(record)
+        # Only now: a crash before this line resends the frame, one after it finds it finished.
+        self.queue.finish(item, frame_id=record.get("frame_id"))
 
     def _send_loop(self, writer: _Writer, rng: random.Random) -> None:
         while (item := self.queue.get()) is not None:
@@ -282,59 +351,99 @@ class EdgeRunner:
             except Exception as exc:  # a bug must not make a frame vanish
                 log.exception("sending frame %s failed", item.record.get("frame_id"))
                 if item.record.get("status") is None:
-                    self._finish(writer, item.record, None, f"edge error while sending: {exc}")
+                    self._finish(writer, item.record, None, f"edge error while sending: {exc}", item=item,
+                                 code="INTERNAL")
 
     def _send_one(self, writer: _Writer, item: SpoolItem, rng: random.Random) -> None:
         cfg = self.config
         record = item.record
         record["spilled"] = item.spilled
+        if item.damaged:
+            with writer._lock:
+                writer.summary.quarantined += 1
+            self._finish(writer, record, None, f"quarantined: {item.damaged}", code="DATA_LOSS")
+            return
+        if self.queue.is_finished(item.frame_id):  # ended in an earlier run that died before deleting it
+            self.queue.finish(item)
+            with writer._lock:
+                writer.summary.frames -= 1
+                writer.summary.recovered -= 1
+            return
         if self.stop.is_set():
-            self._finish(writer, record, None, "edge stopped before the frame was sent")
+            self._keep(writer)
             return
         try:
             request = pb.InferRequest.FromString(item.payload)
         except Exception as exc:  # a damaged spool file
-            self._finish(writer, record, None, f"unreadable spooled request: {exc}")
+            self.queue.quarantine(item, f"spool file of frame {item.frame_id} holds no request: {exc}")
+            with writer._lock:
+                writer.summary.quarantined += 1
+            self._finish(writer, record, None, f"quarantined: unreadable spooled request: {exc}", item=item,
+                         code="DATA_LOSS")
             return
         # Wall-clock times: spooled frames may come from an earlier run of the edge.
         now_ns = time.time_ns()
-        record["latency_ms"]["queue"] = round(1e-6 * (now_ns - record.pop("queued_ns", now_ns)), 3)
+        record.setdefault("latency_ms", {})["queue"] = round(1e-6 * (now_ns - record.pop("queued_ns", now_ns)), 3)
         age_s = 1e-9 * (now_ns - record.get("capture_ns", now_ns))
         give_up_at = time.monotonic() + cfg.max_age_s - age_s
         outcome = self.client.send(request, cfg.retry, give_up_at=give_up_at, stop=self.stop, rng=rng)
-        self._finish(writer, record, outcome)
+        if not outcome.ok and outcome.code == "CANCELLED" and self.stop.is_set():
+            self._keep(writer)  # stopped, not failed: the next run sends it
+            return
+        self._finish(writer, record, outcome, item=item)
+
+    @staticmethod
+    def _keep(writer: _Writer) -> None:
+        """A frame stays in the spool for the next run."""
+        with writer._lock:
+            writer.summary.pending += 1
 
     # ---- the loop ----------------------------------------------------------------------
     def run(self, images: Sequence[Path], out: Path | None = None) -> RunSummary:
-        """Process ``images`` in order; every frame ends in ``out`` (JSON lines) and the summary."""
+        """Process ``images`` in order; every frame ends in ``out`` (JSON lines) and the summary.
+
+        Frames an earlier run left in the spool go first; images whose frame
+        ended in an earlier run (journaled in the spool, or with a final record
+        in ``out``) are skipped, so a restart neither loses nor repeats a frame.
+        """
         cfg = self.config
         summary = RunSummary()
-        writer = _Writer(out, summary)
+        self.queue.note_finished(finished_ids(out))
+        writer = _Writer(out, summary, fsync=cfg.fsync)
+        summary.recovered = self.queue.recovered
         summary.frames += self.queue.recovered  # frames an earlier run left in the spool
         seed = hash((cfg.node_id, time.time_ns()))
         senders = [threading.Thread(target=self._send_loop, args=(writer, random.Random(seed + i)),
                                     name=f"cfqa-send-{i}", daemon=True) for i in range(max(1, cfg.senders))]
         for t in senders:
             t.start()
+        seen: set[int] = set()
         try:
             from tqdm import tqdm
 
-            for i, path in enumerate(tqdm(images, desc="edge", unit="frame", disable=not cfg.progress)):
-                summary.frames += 1
-                frame_id = cfg.first_frame_id + i
+            for path in tqdm(images, desc="edge", unit="frame", disable=not cfg.progress):
+                frame_id = frame_id_of(path)
+                if frame_id in seen or self.queue.known(frame_id):
+                    with writer._lock:
+                        summary.skipped += 1
+                    continue
+                seen.add(frame_id)
+                with writer._lock:
+                    summary.frames += 1
                 try:
                     request, record = self.build_request(frame_id, load_image(path), path.name)
                 except CfqaError as exc:
                     self._finish(writer, {"frame_id": frame_id, "image": path.name, "node_id": cfg.node_id,
-                                          "latency_ms": {}}, None, f"edge: {exc}")
+                                          "latency_ms": {}}, None, f"edge: {exc}", code="EDGE")
                     continue
                 record["queued_ns"] = time.time_ns()
                 try:
-                    self.queue.put(SpoolItem(self.queue.next_seq(), request.SerializeToString(), record))
+                    self.queue.put(SpoolItem(self.queue.next_seq(), request.SerializeToString(), record,
+                                             frame_id=frame_id))
                 except SpoolFull as exc:
                     record.pop("queued_ns", None)
                     record["spilled"] = False
-                    self._finish(writer, record, None, f"edge queue full: {exc}")
+                    self._finish(writer, record, None, f"edge spool full: {exc}", code="EDGE")
         except KeyboardInterrupt:
             self.stop.set()
             raise
@@ -342,9 +451,13 @@ class EdgeRunner:
             self.queue.close()
             for t in senders:
                 t.join()
-            # Only if every sender died: what is left still ends as a record.
+            # Only if every sender died: what is left stays in the spool for the next run.
             while (item := self.queue.get(timeout=0)) is not None:
-                self._finish(writer, item.record, None, "edge stopped before the frame was sent")
+                if item.damaged:
+                    summary.quarantined += 1
+                    self._finish(writer, item.record, None, f"quarantined: {item.damaged}", code="DATA_LOSS")
+                else:
+                    summary.pending += 1
             writer.close()
             self.queue.cleanup()
             if self._owns_client:
