@@ -19,6 +19,11 @@ A feature whose distortion (or metric) is constant over its rate points has no
 defined correlation: it is left out of the mean (nan-mean, as the reference)
 and counted in ``n_constant``; features with non-finite values or fewer than
 ``MIN_POINTS`` rate points are counted in ``n_nonfinite`` / ``n_short``.
+
+Every cell mean carries a 95 % bootstrap interval over originals
+(``cfqa_core.bench.bootstrap``). The target is the paper's ``gt_distortion``;
+``target="output_change"`` gives the label-free fidelity view (how far the
+task output moved from the uncompressed output, growing with damage on every task).
 """
 from __future__ import annotations
 
@@ -29,16 +34,21 @@ import numpy as np
 from cfqa_core.errors import DataError, MetricError
 
 FEATURE_KEY: tuple[str, ...] = ("task", "codec", "image_id")
-PROTOCOL_COLUMNS: tuple[str, ...] = ("image_id", "task", "codec", "rate_point", "gt_distortion")
+PROTOCOL_COLUMNS: tuple[str, ...] = ("image_id", "task", "codec", "rate_point")
+TARGETS: tuple[str, ...] = ("gt_distortion", "output_change")
+# In-sample columns: a metric fitted on this table's build scores its own training rows there.
+IN_SAMPLE_METRICS = frozenset({"learned"})
 MIN_POINTS = 3
 HANDCRAFTED_FAMILIES = frozenset({"hevc", "vvc", "av1", "hm", "vtm"})
 LEARNED_FAMILIES = frozenset({"learned", "hyperprior"})
 
 
-def _distortion_direction() -> dict[str, int]:
-    """{task: +1 if its GT distortion grows as quality drops, -1 if it falls}."""
+def _distortion_direction(target: str = "gt_distortion") -> dict[str, int]:
+    """{task: +1 if the target grows as quality drops, -1 if it falls}."""
     from cfqa_core.tasks import DISTORTION_DIRECTION
 
+    if target == "output_change":
+        return {t: 1 for t in DISTORTION_DIRECTION}  # output change only grows with damage
     return dict(DISTORTION_DIRECTION)
 
 
@@ -79,16 +89,23 @@ def expected_sign(metric: str, task: str, directions: Mapping[str, int] | None =
 
 
 def resolve_metrics(table, metrics: Sequence[str] | None = None) -> list[str]:
-    """The metric columns to evaluate: ``metrics`` checked, or every registered metric in the table."""
+    """The metric columns to evaluate: ``metrics`` checked, or every registered metric in the table.
+
+    In-sample columns (``learned``) are never evaluated here: their figures
+    come from a leave-one-codec-out test (``cfqa train-metric``).
+    """
     from cfqa_core.metrics import METRICS, get_metric
 
     if metrics is None:
-        found = [m for m in METRICS if m in table.columns]
+        found = [m for m in METRICS if m in table.columns and m not in IN_SAMPLE_METRICS]
         if not found:
             raise DataError(f"benchmark table has no metric column (known metrics: {', '.join(METRICS)})")
         return found
     out = []
     for m in metrics:
+        if m in IN_SAMPLE_METRICS:
+            raise MetricError(f"metric '{m}' is fitted on the benchmark build: its table column is in-sample; "
+                              "its leave-one-codec-out figures come from 'cfqa train-metric'")
         if m not in table.columns:
             get_metric(m)  # unknown name: MetricError listing the known ones
             raise DataError(f"benchmark table lacks column '{m}' of metric '{m}'")
@@ -98,8 +115,10 @@ def resolve_metrics(table, metrics: Sequence[str] | None = None) -> list[str]:
     return out
 
 
-def _check_table(table, metrics: Sequence[str]) -> None:
-    missing = [c for c in (*PROTOCOL_COLUMNS, *metrics) if c not in table.columns]
+def _check_table(table, metrics: Sequence[str], target: str = "gt_distortion") -> None:
+    if target not in TARGETS:
+        raise DataError(f"unknown protocol target '{target}' (known: {', '.join(TARGETS)})")
+    missing = [c for c in (*PROTOCOL_COLUMNS, target, *metrics) if c not in table.columns]
     if missing:
         raise DataError(f"benchmark table lacks column(s): {', '.join(missing)}")
     if len(table) == 0:
@@ -140,16 +159,17 @@ def _correlate(metric: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.nda
     return plcc, srocc, np.where(constant, "constant", "ok")
 
 
-def per_feature_correlations(table, metrics: Sequence[str] | None = None):
+def per_feature_correlations(table, metrics: Sequence[str] | None = None, target: str = "gt_distortion"):
     """One row per (task, codec, image_id, metric): ``plcc``, ``srocc``, ``n_points``, ``status``.
 
     ``status`` is 'ok', 'constant' (distortion or metric constant: undefined),
     'nonfinite' (a NaN/Inf metric or distortion value) or 'short' (< MIN_POINTS rate points).
+    ``target`` is the column correlated with each metric (``gt_distortion`` or ``output_change``).
     """
     import pandas as pd
 
     metrics = resolve_metrics(table, metrics)
-    _check_table(table, metrics)
+    _check_table(table, metrics, target)
     has_family = "family" in table.columns
     records = []
     for (task, codec), cell in table.groupby(["task", "codec"], sort=True):
@@ -160,7 +180,7 @@ def per_feature_correlations(table, metrics: Sequence[str] | None = None):
         for size in np.unique(sizes):
             part = cell[sizes == size]
             ids = part["image_id"].to_numpy()[::size]
-            dist = part["gt_distortion"].to_numpy(np.float64).reshape(-1, size)
+            dist = part[target].to_numpy(np.float64).reshape(-1, size)
             for m in metrics:
                 score = part[m].to_numpy(np.float64).reshape(-1, size)
                 plcc = np.full(len(ids), np.nan)
@@ -177,7 +197,7 @@ def per_feature_correlations(table, metrics: Sequence[str] | None = None):
                     "plcc": plcc, "srocc": srocc, "n_points": int(size), "status": status,
                 }))
     out = pd.concat(records, ignore_index=True)
-    directions = _distortion_direction()
+    directions = _distortion_direction(target)
     signs = {(m, t): expected_sign(m, t, directions) for m in metrics for t in out["task"].unique()}
     out["sign"] = [signs[(m, t)] for m, t in zip(out["metric"], out["task"])]
     out["plcc_oriented"] = out["plcc"] * out["sign"]
@@ -192,36 +212,52 @@ def _nanstats(values: np.ndarray) -> tuple[float, float]:
     return float(ok.mean()), float(ok.std())
 
 
-def summarise(per_feature) -> tuple:
+def summarise(per_feature, boot=None) -> tuple:
     """(summary DataFrame, results dict) from :func:`per_feature_correlations`.
 
     One summary row per (codec, task, metric) with the nan-mean ``plcc`` /
-    ``srocc`` over features, their standard deviation, the oriented means and
-    the feature counts. The dict is keyed ``"{codec}/{task}/{metric}"`` with
-    ``plcc``, ``srocc``, ``n`` (features used), ``n_constant``, ``n_nonfinite``, ``n_short``.
+    ``srocc`` over features, their standard deviation, the oriented means, the
+    feature counts and 95 % bootstrap intervals over originals (``plcc_lo`` /
+    ``plcc_hi``, ... ; ``boot`` is an :class:`~cfqa_core.bench.bootstrap.OriginalBootstrap`,
+    drawn with the fixed seed when not given). The dict is keyed
+    ``"{codec}/{task}/{metric}"`` with ``plcc``, ``plcc_ci``, ``srocc``,
+    ``srocc_ci``, ``n`` (features used), ``n_constant``, ``n_nonfinite``, ``n_short``.
     """
     import pandas as pd
 
+    from cfqa_core.bench.bootstrap import OriginalBootstrap, interval
+
+    boot = OriginalBootstrap(per_feature) if boot is None else boot
     rows = []
     for (codec, task, metric), g in per_feature.groupby(["codec", "task", "metric"], sort=False):
         status = g["status"].to_numpy()
         plcc, plcc_std = _nanstats(g["plcc"].to_numpy())
         srocc, srocc_std = _nanstats(g["srocc"].to_numpy())
-        rows.append({
+        sign = float(g["sign"].iloc[0])
+        ids = g["image_id"].to_numpy()
+        row = {
             "codec": codec, "task": task, "metric": metric, "codec_kind": g["codec_kind"].iloc[0],
             "plcc": plcc, "srocc": srocc, "plcc_std": plcc_std, "srocc_std": srocc_std,
             "plcc_oriented": _nanstats(g["plcc_oriented"].to_numpy())[0],
             "srocc_oriented": _nanstats(g["srocc_oriented"].to_numpy())[0],
-            "sign": float(g["sign"].iloc[0]),
+            "sign": sign,
             "n": int((status == "ok").sum()), "n_features": int(len(g)),
             "n_constant": int((status == "constant").sum()),
             "n_nonfinite": int((status == "nonfinite").sum()),
             "n_short": int((status == "short").sum()),
-        })
+        }
+        for col in ("plcc", "srocc"):
+            lo, hi = interval(boot.cell(task, ids, g[col].to_numpy()).mean())
+            row[f"{col}_lo"], row[f"{col}_hi"] = lo, hi
+            # Orienting multiplies by a constant sign: a negative one swaps the interval's ends.
+            olo, ohi = sorted((lo * sign, hi * sign)) if np.isfinite(sign) else (np.nan, np.nan)
+            row[f"{col}_oriented_lo"], row[f"{col}_oriented_hi"] = olo, ohi
+        rows.append(row)
     summary = pd.DataFrame(rows)
     results = {
         f"{r.codec}/{r.task}/{r.metric}": {
-            "plcc": _json_float(r.plcc), "srocc": _json_float(r.srocc), "n": r.n,
+            "plcc": _json_float(r.plcc), "plcc_ci": _json_ci(r.plcc_lo, r.plcc_hi),
+            "srocc": _json_float(r.srocc), "srocc_ci": _json_ci(r.srocc_lo, r.srocc_hi), "n": r.n,
             "n_constant": r.n_constant, "n_nonfinite": r.n_nonfinite, "n_short": r.n_short,
         }
         for r in summary.itertuples()
@@ -229,10 +265,29 @@ def summarise(per_feature) -> tuple:
     return summary, results
 
 
+def _json_ci(lo: float, hi: float) -> list[float] | None:
+    return [float(lo), float(hi)] if np.isfinite(lo) and np.isfinite(hi) else None
+
+
 def _json_float(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-def run_protocol(table, metrics: Sequence[str] | None = None) -> tuple:
+def run_protocol(table, metrics: Sequence[str] | None = None, target: str = "gt_distortion", boot=None) -> tuple:
     """The protocol on a benchmark table: (summary DataFrame, ``{"codec/task/metric": {...}}``)."""
-    return summarise(per_feature_correlations(table, metrics))
+    return summarise(per_feature_correlations(table, metrics, target), boot)
+
+
+def ladder_halves(table):
+    """(high-rate rows, low-rate rows): each feature's ladder split at its middle by ``rate_index``.
+
+    ``rate_index`` 0 is the highest quality; a feature with an odd number of
+    rate points gives its middle point to the high-rate half.
+    """
+    if "rate_index" not in table.columns:
+        raise DataError("benchmark table lacks column(s): rate_index")
+    key = list(FEATURE_KEY)
+    order = table.groupby(key, sort=False)["rate_index"].rank(method="first")
+    size = table.groupby(key, sort=False)["rate_index"].transform("size")
+    high = order <= np.ceil(size / 2)
+    return table[high.to_numpy()], table[~high.to_numpy()]
