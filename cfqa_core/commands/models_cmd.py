@@ -48,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import sys
     from dataclasses import fields
 
     from cfqa_core.training.train_model import TrainConfig, train

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,9 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--shipped", action="store_true",
                    help="train every shipped codec (hyperprior-cls/seg/dpt/multi, mshyperprior-multi) "
-                   "into --out (default: the package's weights) and write the model card")
+                   "into --out and write the model card")
     p.add_argument("--out", default=None,
-                   help="output folder (default: cfqa_core/weights/codecs/<name>, or .../codecs with --shipped)")
+                   help="output folder (default: a new folder under $XDG_DATA_HOME/cfqa/codecs, never the package)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_train_codec)
 
@@ -38,8 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _train_codec(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from cfqa_core.codecs.learned import WEIGHTS_DIR
     from cfqa_core.training.train_codec import CodecTrainConfig, train_codec, train_shipped
+    from cfqa_core.userdirs import default_output
 
     overrides = {
         f.name: getattr(args, f.name) for f in fields(CodecTrainConfig) if getattr(args, f.name, None) is not None
@@ -48,11 +50,13 @@ def _train_codec(args: argparse.Namespace) -> int:
         overrides["lambdas"] = tuple(args.lambdas)
     cfg = CodecTrainConfig(**overrides)
     progress = not args.quiet
+    out = Path(args.out) if args.out else default_output("codecs", "shipped-set" if args.shipped else cfg.name)
     if args.shipped:
-        metas = train_shipped(args.out or WEIGHTS_DIR, cfg, progress)
+        metas = train_shipped(out, cfg, progress)
     else:
-        metas = [train_codec(cfg, args.out or WEIGHTS_DIR / cfg.name, progress=progress)]
+        metas = [train_codec(cfg, out, progress=progress)]
     summary = {m["name"]: {task: [(r["rate_point"], r["bpfp"], r["psnr_db"]) for r in rows]
                            for task, rows in m["rd"].items()} for m in metas}
     print(json.dumps(summary, indent=1))
+    print(f"codec{'s' if args.shipped else ''} written to {out}", file=sys.stderr)
     return 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -15,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "model.onnx and the leave-one-codec-out report.",
     )
     p.add_argument("--build", required=True, help="a 'cfqa dataset build' folder (table.parquet + caches)")
-    p.add_argument("--out", default=None, help="output folder (default: the package's weights/metrics/learned)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: a new folder under $XDG_DATA_HOME/cfqa/metrics, never the package)")
     p.add_argument("--steps", type=int, default=None, help="optimisation steps per fit")
     p.add_argument("--folds", type=int, default=None, help="image folds of the leave-one-codec-out test")
     p.add_argument("--seed", type=int, default=None)
@@ -26,14 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _train_metric(args: argparse.Namespace) -> int:
     from cfqa_core.bench.learned_metric import MetricTrainConfig, train_metric
-    from cfqa_core.metrics.learned import WEIGHTS_DIR
+    from cfqa_core.userdirs import default_output
 
     overrides = {k: getattr(args, k) for k in ("steps", "folds", "seed") if getattr(args, k) is not None}
-    result = train_metric(args.build, args.out or WEIGHTS_DIR, MetricTrainConfig(**overrides),
-                          progress=not args.quiet)
+    out = Path(args.out) if args.out else default_output("metrics", "learned")
+    result = train_metric(args.build, out, MetricTrainConfig(**overrides), progress=not args.quiet)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print((Path(result["out"]) / "loco.md").read_text())
+    print(f"metric written to {out}", file=sys.stderr)
     return 0
 
