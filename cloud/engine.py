@@ -4,6 +4,11 @@
 servicer calls after converting the wire message; tests and benchmarks call it
 directly. ``validate`` does every cheap check (model, version, split, task,
 codec, shape) so that a bad request is refused before it waits for compute.
+
+With ``max_batch_size > 1`` the engine batches dynamically (``cloud.batching``):
+each caller of ``run`` decodes its own payloads, then frames with the same
+model, split and task set that arrive within ``max_batch_delay_s`` of each
+other run the remaining blocks and heads once, as one batch.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from cfqa_core.codecs.base import EncodedFeature, FeatureCodec, get_codec
 from cfqa_core.errors import CfqaError, CodecError, DataError, ModelError
 from cfqa_core.models.split_model import SplitModel
 from cfqa_core.tasks import TASKS, feature_shape
+from cloud.batching import BatchingConfig, DynamicBatcher, describe
 from proto.convert import load_codecs
 
 DEFAULT_TOP_K = 5
@@ -74,6 +80,8 @@ class InferenceResult:
     predictions: list[TaskPrediction]
     decode_s: float = 0.0
     compute_s: float = 0.0
+    batch_size: int = 1  # frames computed together with this one (itself included)
+    batch_wait_s: float = 0.0  # time between decode and the start of its batch
 
 
 @dataclass(frozen=True)
@@ -106,9 +114,16 @@ def _softmax_top_k(logits: np.ndarray, k: int, names: Sequence[str]) -> list[tup
 
 
 class InferenceEngine:
-    """Serves one or more loaded ``SplitModel``s; thread-safe (models are only read)."""
+    """Serves one or more loaded ``SplitModel``s; thread-safe (models are only read).
 
-    def __init__(self, models: Mapping[str, SplitModel], *, default_top_k: int = DEFAULT_TOP_K) -> None:
+    ``max_batch_size`` > 1 switches dynamic batching on: up to that many frames
+    with the same model, split and task set are computed together, the first
+    waiting at most ``max_batch_delay_s`` for the others; ``batch_workers``
+    batches run at once. The default (1) computes each frame on the caller's thread.
+    """
+
+    def __init__(self, models: Mapping[str, SplitModel], *, default_top_k: int = DEFAULT_TOP_K,
+                 max_batch_size: int = 1, max_batch_delay_s: float = 0.002, batch_workers: int = 1) -> None:
         if not models:
             raise ModelError("the inference engine needs at least one model")
         load_codecs()
@@ -116,6 +131,19 @@ class InferenceEngine:
         self.default_top_k = default_top_k
         self._lock = threading.Lock()
         self.frames_computed = 0
+        self.batcher: DynamicBatcher | None = None
+        if max_batch_size > 1:
+            config = BatchingConfig(max_batch_size, max_batch_delay_s, batch_workers)
+            self.batcher = DynamicBatcher(self._compute_batch, config, name="cfqa-batch")
+
+    def close(self) -> None:
+        """Finish queued batches and stop the batching threads (no-op without batching)."""
+        if self.batcher is not None:
+            self.batcher.close()
+
+    def batch_stats(self) -> dict[str, object]:
+        """Items, batches, mean batch size and the batch-size histogram (empty without batching)."""
+        return describe(self.batcher.stats) if self.batcher is not None else {}
 
     @classmethod
     def from_specs(cls, specs: Sequence[str], **kwargs) -> InferenceEngine:
@@ -183,33 +211,75 @@ class InferenceEngine:
         return out
 
     def compute(self, checked: _Checked, features: Sequence[np.ndarray]) -> list[TaskPrediction]:
-        """Remaining blocks and heads for each decoded feature."""
+        """Remaining blocks and heads for each decoded feature (this frame alone)."""
+        return self._compute_many([checked], [features])[0]
+
+    def _compute_many(self, checked: Sequence[_Checked], features: Sequence[Sequence[np.ndarray]],
+                      ) -> list[list[TaskPrediction]]:
+        """Predictions of frames sharing model, split and task order: one forward pass per task."""
         from cfqa_core.inference import predict
 
-        req, model = checked.request, checked.model
-        k = req.top_k or self.default_top_k
-        preds = []
-        for p, feature in zip(req.payloads, features):
-            out = predict(model, p.task, feature[None], req.split)[0]
-            if p.task == "cls":
-                preds.append(TaskPrediction("cls", top_k=_softmax_top_k(out.logits, k, model.meta.class_names)))
-            elif p.task == "seg":
-                preds.append(TaskPrediction("seg", mask=out.mask))
-            else:
-                preds.append(TaskPrediction("dpt", depth=out.depth))
+        first = checked[0].request
+        model, n = checked[0].model, len(checked)
+        tasks = [p.task for p in first.payloads]
+        preds: list[list[TaskPrediction]] = [[] for _ in range(n)]
+        for i, task in enumerate(tasks):
+            stacked = np.stack([f[i] for f in features])
+            views = stacked.shape[1]
+            # One chunk for the whole batch: the point is one forward pass over all frames.
+            outs = predict(model, task, stacked, first.split, batch=max(32, n * views))
+            for j, (c, out) in enumerate(zip(checked, outs)):
+                if task == "cls":
+                    k = c.request.top_k or self.default_top_k
+                    preds[j].append(TaskPrediction("cls", top_k=_softmax_top_k(out.logits, k, model.meta.class_names)))
+                elif task == "seg":
+                    preds[j].append(TaskPrediction("seg", mask=out.mask))
+                else:
+                    preds[j].append(TaskPrediction("dpt", depth=out.depth))
         return preds
 
+    @staticmethod
+    def batch_key(checked: _Checked) -> tuple:
+        """Frames with equal keys can share a batch: same model object, split and tasks in order."""
+        req = checked.request
+        return (id(checked.model), req.split, tuple(p.task for p in req.payloads))
+
+    def _compute_batch(self, key: tuple, items: Sequence[tuple[_Checked, list[np.ndarray], float]],
+                       ) -> list[tuple[list[TaskPrediction] | Exception, float, int, float]]:
+        """Batcher callback: (predictions or the frame's own error, compute s, batch size, wait s) per frame."""
+        t0 = time.perf_counter()
+        checked = [c for c, _, _ in items]
+        try:
+            preds: list = self._compute_many(checked, [f for _, f, _ in items])
+        except Exception:  # noqa: BLE001 - one bad frame must not fail the others: compute alone
+            preds = []
+            for c, f, _ in items:
+                try:
+                    preds.append(self.compute(c, f))
+                except Exception as exc:  # noqa: BLE001 - returned to that frame's caller
+                    preds.append(exc)
+        dt = time.perf_counter() - t0
+        return [(p, dt, len(items), t0 - t_ready) for p, (_, _, t_ready) in zip(preds, items)]
+
     def run(self, checked: _Checked) -> InferenceResult:
-        """Decode and compute a validated request."""
+        """Decode and compute a validated request (batched with others when batching is on)."""
         t0 = time.perf_counter()
         features = self.decode(checked)
         t1 = time.perf_counter()
-        preds = self.compute(checked, features)
-        t2 = time.perf_counter()
+        batch, wait = 1, 0.0
+        if self.batcher is None:
+            preds = self.compute(checked, features)
+            compute_s = time.perf_counter() - t1
+        else:
+            out, compute_s, batch, wait = self.batcher(self.batch_key(checked), (checked, features, t1))
+            if isinstance(out, Exception):
+                raise out
+            preds = out
         with self._lock:
             self.frames_computed += 1
         meta = checked.model.meta
-        return InferenceResult(checked.request.model_id, meta.version, preds, decode_s=t1 - t0, compute_s=t2 - t1)
+        return InferenceResult(checked.request.model_id, meta.version, preds, decode_s=t1 - t0,
+                               compute_s=compute_s, batch_size=batch, batch_wait_s=wait)
 
     def infer(self, req: InferenceRequest) -> InferenceResult:
         """Validate, decode and compute one request."""
