@@ -1,10 +1,18 @@
-"""Build and run the gRPC cloud server: TLS, bearer token, health, reflection, graceful stop."""
+"""Build and run the gRPC cloud server: secure defaults, TLS, bearer token, health, metrics, hard grace.
+
+Defaults are the safe ones: the server binds 127.0.0.1 unless told otherwise,
+reflection is off, Ping reports a random instance name rather than the host
+name, a bearer token is refused over plaintext on a public address, and a
+peer address that fails authentication too often is locked out for a while.
+"""
 from __future__ import annotations
 
-import hmac
+import ipaddress
 import logging
+import os
+import secrets
 import signal
-import socket
+import ssl
 import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
@@ -14,14 +22,29 @@ from pathlib import Path
 import grpc
 
 from cfqa_core.errors import DataError
+from cloud.admission import AuthGuard
 from cloud.engine import InferenceEngine
-from cloud.service import SERVICE_NAME, ServiceLimits, SplitInferenceServicer
-from proto import cfqa_v1_pb2_grpc as pb_grpc
+from cloud.metrics import CloudMetrics
+from cloud.service import SERVICE_NAME, ServiceLimits, SplitInferenceServicer, cap_message
 
 log = logging.getLogger("cfqa.cloud")
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 # Threads kept free of inference so that health checks and Ping answer under load.
-SPARE_THREADS = 2
+SPARE_THREADS = 4
+# Past the grace period the process exits even if a native decoder or a handler is stuck.
+HARD_EXIT_MARGIN_S = 3.0
+TOKEN_ENV = "CFQA_TOKEN"
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` only accepts connections from this machine."""
+    name = host.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -29,76 +52,176 @@ class ServerConfig:
     """How ``cfqa cloud serve`` runs."""
 
     port: int = 50051
-    host: str = "[::]"
+    host: str = "127.0.0.1"
     models: tuple[str, ...] = ("embedded",)
     token: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    workers: int = 8
-    max_concurrent: int | None = None  # default: workers
+    max_queue: int = 16
     compute_slots: int = 1
+    max_queue_delay_s: float = 2.0
+    max_streams: int = 128
+    max_streams_per_peer: int = 16
+    stream_idle_s: float = 60.0
     max_message_mb: float = 16.0
     grace_s: float = 30.0
-    server_id: str = ""
+    server_id: str = ""  # default: a random instance name (never the host name)
     torch_threads: int | None = None
+    reflection: bool = False
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    auth_max_failures: int = 10
+    auth_window_s: float = 60.0
+    allow_plaintext_token: bool = False
+    cache_entries: int = 4096
+    cache_ttl_s: float = 600.0
+    # Earlier names: ``max_concurrent`` sets ``max_queue``; ``workers`` is accepted and ignored
+    # (handler threads are sized from the stream and queue limits).
+    max_concurrent: int | None = None
+    workers: int | None = None
     options: list[tuple[str, object]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise DataError(f"workers must be >= 1, got {self.workers}")
-        if self.max_concurrent is None:
-            self.max_concurrent = self.workers
-        if not 1 <= self.max_concurrent <= self.workers:
-            raise DataError(f"max-concurrent must be in 1..workers ({self.workers}), got {self.max_concurrent}")
-        if self.compute_slots < 1:
-            raise DataError(f"compute-slots must be >= 1, got {self.compute_slots}")
+        if self.max_concurrent is not None:
+            self.max_queue = self.max_concurrent
+        if not 0 <= self.port <= 65535:
+            raise DataError(f"port must be in 0..65535, got {self.port}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise DataError(f"metrics port must be in 0..65535, got {self.metrics_port}")
+        for name, value, lo in (("max-queue", self.max_queue, 1), ("compute-slots", self.compute_slots, 1),
+                                ("max-streams", self.max_streams, 0),
+                                ("max-streams-per-peer", self.max_streams_per_peer, 0),
+                                ("auth-max-failures", self.auth_max_failures, 1),
+                                ("cache-entries", self.cache_entries, 0)):
+            if not lo <= value <= 100_000:
+                raise DataError(f"{name} must be in {lo}..100000, got {value}")
+        for name, value in (("max-queue-delay", self.max_queue_delay_s), ("stream-idle", self.stream_idle_s),
+                            ("grace", self.grace_s), ("max-message-mb", self.max_message_mb),
+                            ("auth-window", self.auth_window_s), ("cache-ttl", self.cache_ttl_s)):
+            if not 0 < value <= 86400:  # also refuses NaN
+                raise DataError(f"{name} must be in (0, 86400], got {value}")
+        if self.max_message_mb > 1024:
+            raise DataError(f"max-message-mb must be at most 1024, got {self.max_message_mb}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise DataError("TLS needs both --tls-cert and --tls-key")
-        if self.max_message_mb <= 0:
-            raise DataError(f"max-message-mb must be > 0, got {self.max_message_mb}")
+        if self.token is not None and not self.token.strip():
+            raise DataError("the bearer token is empty")
+        if self.public and self.token and not self.tls and not self.allow_plaintext_token:
+            raise DataError(
+                f"refusing a bearer token over plaintext on public address {self.host}: anyone on the path can "
+                "read it; add --tls-cert/--tls-key (or --allow-plaintext-token on a trusted network)"
+            )
+        if not self.server_id:
+            self.server_id = f"cfqa-{secrets.token_hex(4)}"
+
+    @property
+    def public(self) -> bool:
+        return not is_loopback(self.host)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
     @property
     def max_message_bytes(self) -> int:
         return int(self.max_message_mb * 1024 * 1024)
 
+    @property
+    def handler_threads(self) -> int:
+        """Every open stream holds a handler thread; so does every admitted frame of a unary call."""
+        return self.max_streams + self.max_queue + SPARE_THREADS
 
-class BearerTokenInterceptor(grpc.ServerInterceptor):
-    """Refuse calls without ``authorization: Bearer <token>`` (health checks exempt)."""
+    def limits(self) -> ServiceLimits:
+        return ServiceLimits(
+            max_queue=self.max_queue, compute_slots=self.compute_slots, max_queue_delay_s=self.max_queue_delay_s,
+            max_streams=self.max_streams, max_streams_per_peer=self.max_streams_per_peer,
+            stream_idle_s=self.stream_idle_s, cache_entries=self.cache_entries, cache_ttl_s=self.cache_ttl_s,
+        )
 
-    def __init__(self, token: str, exempt_prefixes: Sequence[str] = (HEALTH_PREFIX,)) -> None:
-        self._expected = f"Bearer {token}".encode()
+
+def read_token(token_file: Path | None = None, env: str = TOKEN_ENV) -> str | None:
+    """The bearer token from ``token_file`` (first line) or the environment variable ``env``, else None."""
+    if token_file is not None:
+        try:
+            text = Path(token_file).read_text()
+        except OSError as exc:
+            raise DataError(f"cannot read token file {token_file}: {exc.strerror}") from None
+        token = text.strip().splitlines()[0].strip() if text.strip() else ""
+        if not token:
+            raise DataError(f"token file {token_file} is empty")
+        return token
+    return os.environ.get(env) or None
+
+
+def security_warnings(config: ServerConfig) -> list[str]:
+    """What an operator must hear about this configuration (empty when it is locked down)."""
+    out = []
+    if config.public and not (config.tls and config.token):
+        missing = " and ".join(x for x, ok in (("TLS", config.tls), ("a bearer token", config.token)) if not ok)
+        out.append(
+            f"SECURITY WARNING: listening on public address {config.host} without {missing}: anyone who can "
+            "reach this port can send frames" + ("" if config.tls else " and read every answer")
+            + ". Use --tls-cert/--tls-key and --token-file (or $CFQA_TOKEN), or bind 127.0.0.1."
+        )
+    if config.token and not config.tls and config.public:
+        out.append("SECURITY WARNING: the bearer token travels in plaintext (--allow-plaintext-token).")
+    return out
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Refuse calls without ``authorization: Bearer <token>`` (health checks exempt), per-peer failure limit."""
+
+    def __init__(self, guard: AuthGuard, exempt_prefixes: Sequence[str] = (HEALTH_PREFIX,)) -> None:
+        self.guard = guard
         self._exempt = tuple(exempt_prefixes)
-
-    def _authorised(self, metadata: Sequence[tuple[str, str | bytes]]) -> bool:
-        for key, value in metadata or ():
-            if key == "authorization":
-                got = value if isinstance(value, bytes) else value.encode()
-                return hmac.compare_digest(got, self._expected)
-        return False
 
     def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
         handler = continuation(details)
         if handler is None or details.method.startswith(self._exempt):
             return handler
-        if self._authorised(details.invocation_metadata):
-            return handler
-        return _deny_like(handler, "missing or wrong bearer token (metadata 'authorization: Bearer <token>')")
+        return _guarded(handler, self.guard)
 
 
-def _deny_like(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same streaming kind as ``handler`` that aborts UNAUTHENTICATED."""
+def _guarded(handler: grpc.RpcMethodHandler, guard: AuthGuard) -> grpc.RpcMethodHandler:
+    """``handler`` behind the token check; the check needs the peer, which only the call context has."""
 
-    def deny(_request, context: grpc.ServicerContext):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+    def check(context: grpc.ServicerContext) -> None:
+        refusal = guard.check(context.invocation_metadata(), context.peer())
+        if refusal is not None:
+            context.abort(refusal.code, refusal.message)
 
     kw = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
     if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(deny, **kw)
+        inner = handler.stream_stream
+
+        def ss(requests, context):
+            check(context)
+            yield from inner(requests, context)
+
+        return grpc.stream_stream_rpc_method_handler(ss, **kw)
     if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(deny, **kw)
+        inner_su = handler.stream_unary
+
+        def su(requests, context):
+            check(context)
+            return inner_su(requests, context)
+
+        return grpc.stream_unary_rpc_method_handler(su, **kw)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(deny, **kw)
-    return grpc.unary_unary_rpc_method_handler(deny, **kw)
+        inner_us = handler.unary_stream
+
+        def us(request, context):
+            check(context)
+            yield from inner_us(request, context)
+
+        return grpc.unary_stream_rpc_method_handler(us, **kw)
+    inner_uu = handler.unary_unary
+
+    def uu(request, context):
+        check(context)
+        return inner_uu(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(uu, **kw)
 
 
 @dataclass
@@ -110,11 +233,29 @@ class RunningServer:
     servicer: SplitInferenceServicer
     health: object
     config: ServerConfig
+    metrics: CloudMetrics
+    metrics_http: object | None = None
+    executor: futures.ThreadPoolExecutor | None = None
+    metrics_port: int | None = None
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def stop(self, grace: float | None = None) -> threading.Event:
-        """Stop accepting calls, let in-flight ones finish within ``grace`` seconds."""
+        """Stop accepting calls; in-flight ones get ``grace`` seconds, then are cancelled."""
+        self.stopping.set()
         self.health.enter_graceful_shutdown()  # every service reports NOT_SERVING
-        return self.server.stop(self.config.grace_s if grace is None else grace)
+        done = self.server.stop(self.config.grace_s if grace is None else grace)
+
+        def cleanup() -> None:
+            done.wait()
+            self.servicer.close()
+            if self.metrics_http is not None:
+                self.metrics_http.shutdown()
+            if self.executor is not None:
+                # Handlers still stuck in native code must not hold the process open.
+                self.executor.shutdown(wait=False, cancel_futures=True)
+
+        threading.Thread(target=cleanup, name="cfqa-stop", daemon=True).start()
+        return done
 
 
 def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
@@ -125,63 +266,102 @@ def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
         cert = Path(config.tls_cert).read_bytes()
     except OSError as exc:
         raise DataError(f"cannot read TLS file {exc.filename}: {exc.strerror}") from None
+    try:  # grpc only says "failed to bind" for a key that does not belong to the certificate
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(config.tls_cert, config.tls_key)
+    except ssl.SSLError as exc:
+        raise DataError(f"TLS certificate {config.tls_cert} and key {config.tls_key} do not form a usable pair "
+                        f"({exc.reason or exc})") from None
     return grpc.ssl_server_credentials([(key, cert)])
 
 
 def start_server(config: ServerConfig, engine: InferenceEngine | None = None) -> RunningServer:
     """Load the models (unless ``engine`` is given), bind, and start serving."""
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-    from grpc_reflection.v1alpha import reflection
 
+    for warning in security_warnings(config):
+        log.warning(warning)
+    creds = _credentials(config)
     if config.torch_threads:
         import torch
 
         torch.set_num_threads(config.torch_threads)
     engine = engine or InferenceEngine.from_specs(config.models)
-    interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
+    metrics = CloudMetrics()
+    interceptors = []
+    if config.token:
+        guard = AuthGuard(config.token, config.auth_max_failures, config.auth_window_s,
+                          on_reject=lambda reason: metrics.auth_rejections.labels(reason).inc())
+        interceptors.append(AuthInterceptor(guard))
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
         *config.options,
     ]
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.workers + SPARE_THREADS, thread_name_prefix="cfqa-rpc"),
-        interceptors=interceptors,
-        options=options,
-    )
+    executor = futures.ThreadPoolExecutor(max_workers=config.handler_threads, thread_name_prefix="cfqa-rpc")
+    server = grpc.server(executor, interceptors=interceptors, options=options,
+                         maximum_concurrent_rpcs=config.handler_threads)
     address = f"{config.host}:{config.port}"
-    creds = _credentials(config)
     try:
         port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
     except RuntimeError as exc:
-        raise DataError(f"cannot listen on {address}: {exc}") from None
-    server_id = config.server_id or f"{socket.gethostname()}:{port}"
-    limits = ServiceLimits(max_concurrent=int(config.max_concurrent), compute_slots=config.compute_slots)
-    servicer = SplitInferenceServicer(engine, limits, server_id)
-    pb_grpc.add_SplitInferenceServicer_to_server(servicer, server)
+        raise DataError(f"cannot listen on {address}: {cap_message(str(exc), 200)}") from None
     health_servicer = health.HealthServicer()
+    stopping = threading.Event()
+
+    def on_saturation(saturated: bool) -> None:
+        # Health reports what a new call would meet: NOT_SERVING while the frame queue is full.
+        if stopping.is_set():
+            return
+        status = health_pb2.HealthCheckResponse.NOT_SERVING if saturated else health_pb2.HealthCheckResponse.SERVING
+        for name in ("", SERVICE_NAME):
+            health_servicer.set(name, status)
+
+    servicer = SplitInferenceServicer(engine, config.limits(), config.server_id, metrics, on_saturation)
+    server.add_generic_rpc_handlers((servicer.handlers(),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
+    if config.reflection:
+        from grpc_reflection.v1alpha import reflection
+
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+    metrics_http = None
+    metrics_port = None
+    if config.metrics_port is not None:
+        metrics_http = metrics.serve(config.metrics_port, config.metrics_host)
+        metrics_port = metrics_http.server_port
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, servicer, health_servicer, config)
+    return RunningServer(server, port, servicer, health_servicer, config, metrics, metrics_http, executor,
+                         metrics_port, stopping)
 
 
 def serve(config: ServerConfig, ready: Callable[[RunningServer], None] | None = None) -> int:
-    """Run until SIGTERM/SIGINT, then finish in-flight calls (up to ``grace_s``) and return 0."""
+    """Run until SIGTERM/SIGINT, then finish in-flight calls within ``grace_s`` and return 0.
+
+    The grace period is a hard limit: calls still running when it ends are
+    cancelled, and if the process is still busy ``HARD_EXIT_MARGIN_S`` later
+    (a handler stuck in native code) it exits at once with status 0.
+    """
     running = start_server(config)
     stopped = threading.Event()
+
+    def hard_exit() -> None:
+        log.warning("grace period of %.1f s over with work still running: exiting now", config.grace_s)
+        logging.shutdown()
+        os._exit(0)
 
     def on_signal(signum: int, _frame) -> None:
         if stopped.is_set():
             return
         stopped.set()
-        log.info("signal %d: stopping, %.0f s grace for in-flight calls", signum, config.grace_s)
+        log.info("signal %d: stopping, %.1f s grace for in-flight calls", signum, config.grace_s)
+        timer = threading.Timer(config.grace_s + HARD_EXIT_MARGIN_S, hard_exit)
+        timer.daemon = True
+        timer.start()
         running.stop()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -193,4 +373,3 @@ def serve(config: ServerConfig, ready: Callable[[RunningServer], None] | None = 
         for s, h in previous.items():
             signal.signal(s, h)
     return 0
-

@@ -1,22 +1,35 @@
-"""The ``cfqa.v1.SplitInference`` servicer: validate, convert, admit, call the engine.
+"""The ``cfqa.v1.SplitInference`` servicer: parse, validate, admit per frame, call the engine.
 
-Admission: at most ``max_concurrent`` requests are inside the handler at once
-(more get RESOURCE_EXHAUSTED at once rather than queueing unseen in the
-transport), and at most ``compute_slots`` of them decode and compute at a time
-(the wait for a slot is reported as ``queue_ms``). A request whose deadline has
-passed, or whose client went away, while it waited is not computed.
+Requests arrive as raw bytes and are parsed here, so that a message that is
+not a valid protobuf is INVALID_ARGUMENT rather than grpc's INTERNAL.
+
+Admission is per frame, never per call (:class:`cloud.admission.FrameQueue`):
+an ``Infer`` call and every message of an ``InferStream`` is admitted on its
+own, waits at most the queue-delay limit for a compute slot (reported as
+``queue_ms``) and is refused RESOURCE_EXHAUSTED beyond the queue bound. A
+frame whose deadline passed, or whose client went away, while it waited is
+not computed. Inside a stream every per-frame failure, overload included, is
+answered in-band (``InferResponse.error``) and the stream goes on; streams are
+capped in total and per peer and closed when idle.
+
+A repeated ``(node_id, frame_id)`` with identical request bytes is answered
+from a bounded cache (:class:`cloud.admission.ResponseCache`), never recomputed.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from cfqa_core.errors import CfqaError
+from cloud.admission import FrameQueue, Refusal, ResponseCache, StreamRegistry, peer_host
 from cloud.engine import (
     InferenceEngine,
     InferenceRequest,
@@ -25,27 +38,47 @@ from cloud.engine import (
     TaskPayload,
     UnknownModelError,
 )
+from cloud.metrics import CloudMetrics, label, log_access
 from proto import cfqa_v1_pb2 as pb
-from proto import cfqa_v1_pb2_grpc as pb_grpc
 from proto.convert import depth_to_png, encoded_from_payload, load_codecs, mask_to_png
 
 log = logging.getLogger("cfqa.cloud")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitInference"].full_name
+# gRPC caps the status message (trailers) at 16 KB; requests can echo long names into errors.
+MAX_STATUS_CHARS = 512
+_INTERPRETER_EXITS = (KeyboardInterrupt, SystemExit, GeneratorExit)
+_TASKS = frozenset({"cls", "seg", "dpt"})
+_CODECS = frozenset(load_codecs())
 
 
 @dataclass
 class ServiceLimits:
-    max_concurrent: int = 16
+    """Admission and stream limits (see the module docstring)."""
+
+    max_queue: int = 16  # frames admitted at once: waiting or computing
     compute_slots: int = 1
+    max_queue_delay_s: float = 2.0
+    max_streams: int = 128
+    max_streams_per_peer: int = 16
+    stream_idle_s: float = 60.0
+    cache_entries: int = 4096
+    cache_ttl_s: float = 600.0
+
+
+def cap_message(message: str, limit: int = MAX_STATUS_CHARS) -> str:
+    """One line of at most ``limit`` characters."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= limit else text[: limit - 15] + " ...(truncated)"
 
 
 class RpcFailure(Exception):
     """A request-level failure carrying its gRPC status."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str = "") -> None:
         super().__init__(message)
         self.code = code
-        self.message = message
+        self.message = cap_message(message)
+        self.reason = reason
 
 
 def status_of(exc: CfqaError) -> grpc.StatusCode:
@@ -55,6 +88,17 @@ def status_of(exc: CfqaError) -> grpc.StatusCode:
     if isinstance(exc, ModelVersionError):
         return grpc.StatusCode.FAILED_PRECONDITION
     return grpc.StatusCode.INVALID_ARGUMENT
+
+
+def parse_request(data: bytes) -> pb.InferRequest:
+    """Wire bytes -> InferRequest (RpcFailure INVALID_ARGUMENT when they are not one)."""
+    msg = pb.InferRequest()
+    try:
+        msg.ParseFromString(data)
+    except (DecodeError, ValueError, RecursionError) as exc:
+        raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"request is not a valid cfqa.v1.InferRequest message ({exc})") from None
+    return msg
 
 
 def request_from_pb(msg: pb.InferRequest) -> InferenceRequest:
@@ -81,8 +125,8 @@ def response_from_result(msg: pb.InferRequest, result: InferenceResult, server_i
     )
     for pred in result.predictions:
         r = out.results.add(task=pred.task)
-        for cid, label, score in pred.top_k:
-            r.top_k.add(class_id=cid, label=label, score=score)
+        for cid, label_, score in pred.top_k:
+            r.top_k.add(class_id=cid, label=label_, score=score)
         if pred.mask is not None:
             r.mask_png = mask_to_png(pred.mask)
             r.height, r.width = pred.mask.shape
@@ -92,21 +136,38 @@ def response_from_result(msg: pb.InferRequest, result: InferenceResult, server_i
     return out
 
 
-class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
-    """gRPC front of an :class:`InferenceEngine`."""
+def _labels(msg: pb.InferRequest | None) -> tuple[str, str]:
+    """(codec, task) labels of a request: '+'-joined when it carries several payloads."""
+    if msg is None or not msg.payloads:
+        return "none", "none"
+    codecs = sorted({label(p.codec, _CODECS) for p in msg.payloads})
+    tasks = [label(p.task, _TASKS) for p in msg.payloads]
+    return "+".join(codecs)[:64], "+".join(tasks)[:32]
 
-    def __init__(self, engine: InferenceEngine, limits: ServiceLimits | None = None, server_id: str = "") -> None:
+
+class SplitInferenceServicer:
+    """gRPC front of an :class:`InferenceEngine` (see the module docstring)."""
+
+    def __init__(self, engine: InferenceEngine, limits: ServiceLimits | None = None, server_id: str = "",
+                 metrics: CloudMetrics | None = None,
+                 on_saturation: Callable[[bool], None] | None = None) -> None:
         import cfqa_core.codecs as codecs
 
         load_codecs()
         self.engine = engine
         self.limits = limits or ServiceLimits()
         self.server_id = server_id
-        self._admission = threading.BoundedSemaphore(self.limits.max_concurrent)
-        self.compute_slots = threading.BoundedSemaphore(self.limits.compute_slots)
+        self.metrics = metrics or CloudMetrics()
+        self._on_saturation = on_saturation
+        self._saturated = False
+        lim = self.limits
+        self.queue = FrameQueue(lim.max_queue, lim.compute_slots, lim.max_queue_delay_s, self._queue_changed)
+        self.compute_slots = self.queue.slots
+        self.streams = StreamRegistry(lim.max_streams, lim.max_streams_per_peer, lim.stream_idle_s,
+                                      lambda n: self.metrics.open_streams.set(n))
+        self.cache = ResponseCache(lim.cache_entries, lim.cache_ttl_s)
         self._stats_lock = threading.Lock()
-        self.stats = {"ok": 0, "error": 0, "rejected_busy": 0, "expired_skipped": 0}
-        self.in_flight = 0
+        self.stats = {"ok": 0, "error": 0, "rejected_busy": 0, "expired_skipped": 0, "replayed": 0}
         names = []
         for name in codecs.registered_names():
             ok, _ = codecs.get_codec(name).availability()
@@ -116,44 +177,60 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         self._ping = pb.PingResponse(server_id=server_id, model_ids=list(versions),
                                      model_versions=list(versions.values()), codecs=names)
 
+    @property
+    def in_flight(self) -> int:
+        """Frames admitted: waiting for or holding a compute slot."""
+        return self.queue.admitted
+
+    def _queue_changed(self, admitted: int, waiting: int) -> None:
+        self.metrics.in_flight.set(admitted)
+        self.metrics.queue_depth.set(waiting)
+        saturated = admitted >= self.limits.max_queue
+        if saturated != self._saturated:
+            self._saturated = saturated
+            if self._on_saturation is not None:
+                self._on_saturation(saturated)
+
     def _count(self, key: str) -> None:
         with self._stats_lock:
             self.stats[key] += 1
 
-    def _admit(self, context: grpc.ServicerContext) -> None:
-        """Take an admission slot or abort RESOURCE_EXHAUSTED."""
-        if not self._admission.acquire(blocking=False):
-            self._count("rejected_busy")
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"server busy: {self.limits.max_concurrent} requests in progress")
-        with self._stats_lock:
-            self.in_flight += 1
-
-    def _release(self) -> None:
-        with self._stats_lock:
-            self.in_flight -= 1
-        self._admission.release()
+    def close(self) -> None:
+        self.streams.stop()
 
     # ---- one frame ---------------------------------------------------------------------
-    def _process(self, msg: pb.InferRequest, context: grpc.ServicerContext, t_entry: float) -> pb.InferResponse:
-        """Answer one frame or raise RpcFailure."""
+    def _compute(self, msg: pb.InferRequest, context: grpc.ServicerContext, t_entry: float) -> pb.InferResponse:
+        """Validate, admit and compute one frame, or raise RpcFailure."""
         try:
             checked = self.engine.validate(request_from_pb(msg))
         except CfqaError as exc:
             raise RpcFailure(status_of(exc), str(exc)) from None
-        if not self.compute_slots.acquire(timeout=_wait_budget(context)):
-            raise RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while waiting for a compute slot")
         try:
-            t_start = time.perf_counter()
-            if not context.is_active() or _expired(context):
-                self._count("expired_skipped")
-                raise RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before compute started")
+            self.queue.enter()
+        except Refusal as r:
+            self._count("rejected_busy")
+            raise RpcFailure(r.code, r.message, r.reason) from None
+        try:
             try:
-                result = self.engine.run(checked)
-            except CfqaError as exc:
-                raise RpcFailure(status_of(exc), str(exc)) from None
+                self.queue.wait_slot(context.time_remaining())
+            except Refusal as r:
+                if r.reason == "queue_delay":
+                    self._count("rejected_busy")
+                raise RpcFailure(r.code, r.message, r.reason) from None
+            try:
+                t_start = time.perf_counter()
+                if not context.is_active() or _expired(context):
+                    self._count("expired_skipped")
+                    raise RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before compute started",
+                                     "deadline")
+                try:
+                    result = self.engine.run(checked)
+                except CfqaError as exc:
+                    raise RpcFailure(status_of(exc), str(exc)) from None
+            finally:
+                self.queue.release_slot()
         finally:
-            self.compute_slots.release()
+            self.queue.leave()
         resp = response_from_result(msg, result, self.server_id)
         t = resp.timings
         t.queue_ms = 1e3 * (t_start - t_entry)
@@ -162,49 +239,116 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         t.total_ms = 1e3 * (time.perf_counter() - t_entry)
         return resp
 
-    def Infer(self, request: pb.InferRequest, context: grpc.ServicerContext) -> pb.InferResponse:
+    def _frame(self, data: bytes, context: grpc.ServicerContext, method: str, peer: str) -> pb.InferResponse:
+        """Answer one frame's bytes (from the cache when repeated) or raise RpcFailure; logs and counts it."""
         t_entry = time.perf_counter()
-        self._admit(context)
+        msg: pb.InferRequest | None = None
+        code, message, replayed = grpc.StatusCode.OK, "", False
         try:
-            resp = self._process(request, context, t_entry)
-        except RpcFailure as exc:
-            self._count("error")
-            context.abort(exc.code, exc.message)
-        except Exception:
-            self._count("error")
-            log.exception("internal error on frame %s of node %s", request.frame_id, request.node_id)
-            context.abort(grpc.StatusCode.INTERNAL, "internal server error (see the server log)")
-        finally:
-            self._release()
-        self._count("ok")
-        return resp
-
-    def InferStream(self, request_iterator: Iterator[pb.InferRequest],
-                    context: grpc.ServicerContext) -> Iterator[pb.InferResponse]:
-        # A stream holds one admission slot for its whole life.
-        self._admit(context)
-        try:
-            for request in request_iterator:
-                t_entry = time.perf_counter()
+            msg = parse_request(data)
+            key = (msg.node_id, int(msg.frame_id)) if msg.node_id else None
+            digest = hashlib.sha256(data).digest() if key else b""
+            cached = self.cache.claim(key, digest, min(_wait_budget(context), 30.0)) if key else None
+            if cached is not None:
+                replayed = True
+                self._count("replayed")
+                self.metrics.replays.inc()
+                resp = pb.InferResponse.FromString(cached)
+            else:
+                answer = None
                 try:
-                    resp = self._process(request, context, t_entry)
-                    self._count("ok")
-                except RpcFailure as exc:
-                    self._count("error")
-                    if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                        context.abort(exc.code, exc.message)
-                    resp = pb.InferResponse(node_id=request.node_id, frame_id=request.frame_id,
-                                            server_id=self.server_id,
-                                            error=pb.FrameError(code=exc.code.value[0], message=exc.message))
+                    resp = self._compute(msg, context, t_entry)
+                    answer = resp.SerializeToString()
+                finally:
+                    if key:
+                        self.cache.finish(key, digest, answer)
+            self._count("ok")
+            return resp
+        except RpcFailure as f:
+            code, message = f.code, f.message
+            self._count("error")
+            if f.reason in ("queue_full", "queue_delay"):
+                self.metrics.admission_rejections.labels(f.reason).inc()
+            raise
+        except BaseException as exc:
+            if isinstance(exc, _INTERPRETER_EXITS):
+                raise
+            self._count("error")
+            fid = msg.frame_id if msg is not None else "?"
+            log.exception("internal error on frame %s of node %r", fid, (msg.node_id if msg is not None else "")[:64])
+            code, message = grpc.StatusCode.INTERNAL, "internal server error (see the server log)"
+            raise RpcFailure(code, message) from None
+        finally:
+            elapsed = time.perf_counter() - t_entry
+            codec, task = _labels(msg)
+            self.metrics.requests.labels(method, code.name, codec, task).inc()
+            self.metrics.latency.labels(method).observe(elapsed)
+            log_access(method=method, peer=peer, node=(msg.node_id[:64] if msg is not None else ""),
+                       frame=(msg.frame_id if msg is not None else None), codec=codec, task=task,
+                       code=code.name, ms=round(1e3 * elapsed, 3), bytes=len(data), replayed=replayed,
+                       error=message[:200] or None)
+
+    # ---- RPCs --------------------------------------------------------------------------
+    def Infer(self, request: bytes, context: grpc.ServicerContext) -> pb.InferResponse:
+        try:
+            return self._frame(request, context, "Infer", peer_host(context.peer()))
+        except RpcFailure as f:
+            context.abort(f.code, f.message)
+
+    def InferStream(self, request_iterator: Iterator[bytes],
+                    context: grpc.ServicerContext) -> Iterator[pb.InferResponse]:
+        peer = peer_host(context.peer())
+        try:
+            sid = self.streams.open(peer, context)
+        except Refusal as r:
+            self.metrics.admission_rejections.labels(r.reason).inc()
+            log_access(method="InferStream", peer=peer, code=r.code.name, error=r.message)
+            context.abort(r.code, r.message)
+        try:
+            for data in request_iterator:
+                self.streams.busy(sid, True)
+                try:
+                    resp = self._frame(data, context, "InferStream", peer)
+                except RpcFailure as f:
+                    if f.code == grpc.StatusCode.DEADLINE_EXCEEDED and _expired(context):
+                        context.abort(f.code, f.message)  # the stream's own deadline: nothing more to answer
+                    msg = _frame_ids(data)
+                    resp = pb.InferResponse(node_id=msg[0], frame_id=msg[1], server_id=self.server_id,
+                                            error=pb.FrameError(code=f.code.value[0], message=f.message))
+                self.streams.busy(sid, False)
                 yield resp
         finally:
-            self._release()
+            self.streams.close(sid)
 
     def Ping(self, request: pb.PingRequest, context: grpc.ServicerContext) -> pb.PingResponse:
         resp = pb.PingResponse()
         resp.CopyFrom(self._ping)
         resp.server_time.GetCurrentTime()
         return resp
+
+    def handlers(self) -> grpc.GenericRpcHandler:
+        """The service's method handlers; Infer and InferStream take raw bytes (parsed in the handler)."""
+        ser = pb.InferResponse.SerializeToString
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, {
+            "Infer": grpc.unary_unary_rpc_method_handler(self.Infer, response_serializer=ser),
+            "InferStream": grpc.stream_stream_rpc_method_handler(self.InferStream, response_serializer=ser),
+            "Ping": grpc.unary_unary_rpc_method_handler(
+                self.Ping, request_deserializer=_lenient_ping, response_serializer=pb.PingResponse.SerializeToString),
+        })
+
+
+def _lenient_ping(data: bytes) -> pb.PingRequest:
+    """PingRequest has no fields: any bytes are a ping (nothing to refuse, nothing to fail on)."""
+    return pb.PingRequest()
+
+
+def _frame_ids(data: bytes) -> tuple[str, int]:
+    """(node_id, frame_id) of a frame's bytes when they parse, else ('', 0)."""
+    try:
+        msg = pb.InferRequest.FromString(data)
+        return msg.node_id, int(msg.frame_id)
+    except Exception:
+        return "", 0
 
 
 # Without a client deadline gRPC reports a far-future one; cap waits at a day.
@@ -219,3 +363,8 @@ def _wait_budget(context: grpc.ServicerContext) -> float:
 def _expired(context: grpc.ServicerContext) -> bool:
     remaining = context.time_remaining()
     return remaining is not None and remaining <= 0.0
+
+
+def default_compute_slots() -> int:
+    """One compute slot per two cores (each runs torch with its own intra-op threads), at least one."""
+    return max(1, (os.cpu_count() or 1) // 2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,78 @@ _INT_FIELDS: dict[str, str] = {
 _STR_FIELDS: tuple[str, ...] = ("rounding", "layout")
 EXPLICIT_KEYS: frozenset[str] = frozenset({"shape", "value_range", "range_axis", *_INT_FIELDS, *_STR_FIELDS})
 MAX_DEPTH_MM = 65535
+# codec_meta_json bounds: real codecs write a few hundred bytes, two levels deep.
+MAX_META_JSON_CHARS = 8192
+MAX_META_JSON_DEPTH = 8
+MAX_JSON_NUMBER_CHARS = 40
+
+
+class _MetaJsonError(ValueError):
+    """A codec_meta_json value outside the accepted bounds."""
+
+
+def _bounded_number(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        if len(text) > MAX_JSON_NUMBER_CHARS:
+            raise _MetaJsonError(f"a number of {len(text)} characters")
+        value = kind(text)
+        if kind is float and not math.isfinite(value):
+            raise _MetaJsonError(f"non-finite number {text}")
+        return value
+
+    return parse
+
+
+def _no_constant(name: str) -> Any:
+    raise _MetaJsonError(f"non-finite number {name}")
+
+
+def _nesting_depth(text: str) -> int:
+    """Deepest bracket nesting of a JSON text, brackets inside strings ignored."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def parse_meta_json(text: str, task: str = "") -> dict[str, Any]:
+    """The codec-specific metadata object of a payload (DataError when malformed or out of bounds).
+
+    Bounded before parsing: at most :data:`MAX_META_JSON_CHARS` characters,
+    :data:`MAX_META_JSON_DEPTH` levels of nesting, numbers of at most
+    :data:`MAX_JSON_NUMBER_CHARS` characters, no NaN or Infinity.
+    """
+    what = f"{task[:32] or '?'} payload: codec_meta_json"
+    if not text:
+        return {}
+    if len(text) > MAX_META_JSON_CHARS:
+        raise DataError(f"{what} has {len(text)} characters, more than {MAX_META_JSON_CHARS}")
+    if _nesting_depth(text) > MAX_META_JSON_DEPTH:
+        raise DataError(f"{what} is nested deeper than {MAX_META_JSON_DEPTH} levels")
+    try:
+        value = json.loads(text, parse_int=_bounded_number(int), parse_float=_bounded_number(float),
+                           parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{what} is not valid JSON ({exc.msg})") from None
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"{what} is out of bounds ({str(exc)[:80]})") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{what} must be a JSON object")
+    return value
 
 
 def load_codecs() -> list[str]:
@@ -95,12 +168,7 @@ def encoded_from_payload(p: pb.FeaturePayload) -> EncodedFeature:
     """Rebuild the ``EncodedFeature`` a codec decodes (DataError when the payload is malformed)."""
     if p.dtype and p.dtype != FEATURE_DTYPE:
         raise DataError(f"{p.task or '?'} payload: unsupported feature dtype '{p.dtype}' (expected {FEATURE_DTYPE})")
-    try:
-        extras = json.loads(p.codec_meta_json) if p.codec_meta_json else {}
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{p.task or '?'} payload: codec_meta_json is not valid JSON ({exc.msg})") from None
-    if not isinstance(extras, dict):
-        raise DataError(f"{p.task or '?'} payload: codec_meta_json must be a JSON object")
+    extras = parse_meta_json(p.codec_meta_json, p.task)
     clash = EXPLICIT_KEYS & set(extras)
     if clash:
         raise DataError(f"{p.task or '?'} payload: codec_meta_json repeats explicit fields {sorted(clash)}")

@@ -191,12 +191,12 @@ def test_tls(engine, model, payloads, tmp_path) -> None:
 
 
 def test_concurrency_limit_and_deadline(engine, model, payloads) -> None:
-    running = start_server(ServerConfig(port=0, host="127.0.0.1", workers=2, max_concurrent=1), engine=engine)
+    running = start_server(ServerConfig(port=0, host="127.0.0.1", max_queue=1), engine=engine)
     servicer = running.servicer
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
             stub = pb_grpc.SplitInferenceStub(ch)
-            req = make_request(model, payloads)
+            req, req2, req3, req4 = (make_request(model, payloads, frame_id=i) for i in (11, 12, 13, 14))
             servicer.compute_slots.acquire()  # compute busy: the next call waits inside the handler
             held = True
             try:
@@ -205,7 +205,7 @@ def test_concurrency_limit_and_deadline(engine, model, payloads) -> None:
                 while servicer.in_flight < 1 and time.monotonic() < deadline:
                     time.sleep(0.01)
                 with pytest.raises(grpc.RpcError) as err:
-                    stub.Infer(req, timeout=10)
+                    stub.Infer(req2, timeout=10)
                 assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 assert servicer.stats["rejected_busy"] == 1
                 servicer.compute_slots.release()
@@ -217,14 +217,14 @@ def test_concurrency_limit_and_deadline(engine, model, payloads) -> None:
                 held = True
                 computed = engine.frames_computed
                 with pytest.raises(grpc.RpcError) as err:
-                    stub.Infer(req, timeout=0.3)
+                    stub.Infer(req3, timeout=0.3)
                 assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
                 time.sleep(0.3)
                 servicer.compute_slots.release()
                 held = False
                 time.sleep(0.2)
                 assert engine.frames_computed == computed
-                assert stub.Infer(req, timeout=30).results[0].top_k  # and it keeps serving
+                assert stub.Infer(req4, timeout=30).results[0].top_k  # and it keeps serving
             finally:
                 if held:
                     servicer.compute_slots.release()
