@@ -22,8 +22,15 @@ from sim.traces import SYNTHETIC_KINDS, Trace, find_trace, load_trace, synthetic
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TASK_NAMES = ("cls", "seg", "dpt")
 
-PosFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
+# Every number is finite and bounded (documented maxima), so a scenario that validates also runs.
+MAX_SECONDS = 7 * 86400.0      # durations, offsets, times: one week of simulated time
+MAX_MBPS = 100_000.0           # link rates: 100 Gbit/s
+MAX_NODES = 100_000            # nodes of one group
+PosFloat = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
+Mbps = Annotated[float, Field(ge=0, le=MAX_MBPS, allow_inf_nan=False)]
+PosMbps = Annotated[float, Field(gt=0, le=MAX_MBPS, allow_inf_nan=False)]
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
 class _Strict(BaseModel):
@@ -35,15 +42,15 @@ class SyntheticTraceSpec(_Strict):
 
     kind: Literal[SYNTHETIC_KINDS]  # type: ignore[valid-type]
     duration_s: PosFloat = 60.0
-    capacity_mbps: NonNegFloat = 5.0
-    levels_mbps: list[NonNegFloat] = [2.0, 8.0, 4.0]
+    capacity_mbps: Mbps = 5.0
+    levels_mbps: list[Mbps] = Field([2.0, 8.0, 4.0], max_length=10_000)
     step_s: PosFloat = 10.0
-    sigma: NonNegFloat = 0.2
-    min_mbps: PosFloat = 0.2
-    max_mbps: PosFloat = 20.0
+    sigma: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = 0.2
+    min_mbps: PosMbps = 0.2
+    max_mbps: PosMbps = 20.0
     on_s: PosFloat = 20.0
     off_s: NonNegFloat = 5.0
-    seed: int = 0
+    seed: Seed = 0
 
 
 class OutageSpec(_Strict):
@@ -56,17 +63,18 @@ class LinkSpec(_Strict):
 
     trace: str | SyntheticTraceSpec = Field(description="mahimahi/CSV path (relative to the scenario, the repo, or the shipped traces: cellular/Verizon-LTE-short.up) or a synthetic spec")
     shared: bool = Field(False, description="one link shared fairly by all its nodes; else one link per node")
-    delay_ms: NonNegFloat = Field(20.0, description="one-way propagation delay, also applied to the result's return")
-    loss_rate: float = Field(0.0, ge=0.0, lt=1.0, description="packet loss probability")
+    delay_ms: Annotated[float, Field(ge=0, le=60_000, allow_inf_nan=False)] = Field(
+        20.0, description="one-way propagation delay, also applied to the result's return (at most 60 s)")
+    loss_rate: float = Field(0.0, ge=0.0, lt=1.0, allow_inf_nan=False, description="packet loss probability")
     loss_mode: Literal["retransmit", "drop"] = "retransmit"
     random_offset: bool = Field(True, description="per-node links start at a random point of the trace")
     offset_s: NonNegFloat = Field(0.0, description="start point in the trace when random_offset is false")
-    outages: list[OutageSpec] = []
+    outages: list[OutageSpec] = Field([], max_length=10_000)
 
 
 class ArrivalSpec(_Strict):
     kind: Literal["periodic", "poisson"] = "periodic"
-    fps: PosFloat = 1.0
+    fps: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = Field(1.0, description="frames per second (at most 1000)")
     random_phase: bool = Field(True, description="periodic: each node starts at a random phase")
 
 
@@ -79,18 +87,18 @@ class NodeGroup(_Strict):
     """``count`` identical edge nodes."""
 
     name: str = "nodes"
-    count: Annotated[int, Field(ge=1)] = 1
+    count: Annotated[int, Field(ge=1, le=MAX_NODES)] = Field(1, description=f"at most {MAX_NODES}")
     link: str
     task: Literal["cls", "seg", "dpt"] = "cls"
     codec: str = "hevc"
-    split: int | None = Field(None, description="split block (timing-profile key; live mode)")
+    split: Annotated[int, Field(ge=0, le=1000)] | None = Field(None, description="split block (timing-profile key; live mode)")
     arrivals: ArrivalSpec = ArrivalSpec()
     images: ImageSpec = ImageSpec()
     deadline_s: PosFloat = 1.0
-    queue_frames: Annotated[int, Field(ge=1)] = Field(4, description="frames held on the node before the link")
+    queue_frames: Annotated[int, Field(ge=1, le=100_000)] = Field(4, description="frames held on the node before the link")
     drop_stale: bool = Field(True, description="drop frames whose deadline passed before they could be sent")
-    estimator_window: Annotated[int, Field(ge=1)] = Field(5, description="transfers in the harmonic-mean throughput estimate")
-    initial_throughput_mbps: PosFloat | None = None
+    estimator_window: Annotated[int, Field(ge=1, le=100_000)] = Field(5, description="transfers in the harmonic-mean throughput estimate")
+    initial_throughput_mbps: PosMbps | None = None
 
 
 class PolicySpec(_Strict):
@@ -99,7 +107,7 @@ class PolicySpec(_Strict):
 
 
 class CloudSpec(_Strict):
-    servers: Annotated[int, Field(ge=1)] = 1
+    servers: Annotated[int, Field(ge=1, le=10_000)] = 1
 
 
 class TimingSpec(_Strict):
@@ -125,7 +133,7 @@ class LiveSpec(_Strict):
 
 
 class ReportSpec(_Strict):
-    plot_nodes: Annotated[int, Field(ge=1)] = 4
+    plot_nodes: Annotated[int, Field(ge=1, le=1000)] = 4
     bin_s: PosFloat | None = Field(None, description="time bin of the capacity plot (default: duration / 120)")
 
 
@@ -135,8 +143,8 @@ class Scenario(_Strict):
     name: str
     description: str = ""
     mode: Literal["replay", "live"] = "replay"
-    seed: int = 0
-    duration_s: PosFloat
+    seed: Seed = 0
+    duration_s: PosFloat = Field(description=f"simulated seconds (at most {MAX_SECONDS:.0f})")
     drain_s: NonNegFloat = Field(30.0, description="extra time for frames in flight after arrivals stop")
     links: dict[str, LinkSpec] = Field(min_length=1)
     nodes: list[NodeGroup] = Field(min_length=1)
@@ -290,9 +298,9 @@ def apply_override(data: dict, assignment: str) -> tuple:
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if isinstance(node, list):
-            if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+            if not part.isdigit() or not int(part) < len(node):  # no Python negative indices
                 raise ScenarioError(f"--set {key}: '{part}' is not an index of {'.'.join(map(str, loc)) or 'the list'} ({len(node)} items)")
-            idx = int(part) % len(node)
+            idx = int(part)
             loc.append(idx)
             if last:
                 node[idx] = parse_value(text)

@@ -10,9 +10,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from cfqa_core.errors import CfqaError, CodecError, DataError
+
+T = TypeVar("T")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -84,11 +87,26 @@ def _load_feature(path: str):
         raise DataError(f"feature file not found: {path}")
     try:
         arr = np.load(p, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path} as a .npy array: {exc}") from None
+    except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty or cut-short file
+        raise DataError(f"cannot read {path} as a .npy array: {exc or type(exc).__name__}") from None
     if not isinstance(arr, np.ndarray):
         raise DataError(f"{path} holds several arrays (.npz); give one .npy feature")
     return arr
+
+
+def _native(what: str, call: Callable[[], T]) -> T:
+    """Run a codec call; any failure inside a native library becomes a one-line CodecError.
+
+    Native decoders report some failures as exceptions outside ``Exception``
+    (constriction's ``PanicException`` derives from BaseException).
+    """
+    try:
+        return call()
+    except (CfqaError, KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except BaseException as exc:  # noqa: B036 - see the docstring
+        raise CodecError(f"{what} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                         ) from None
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -113,7 +131,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = {"value_range": value_range, "bit_depth": args.bits}
     if args.rounding is not None:
         kwargs["rounding"] = args.rounding
-    encoded = codec.encode(feature, args.qp, **kwargs)
+    encoded = _native(f"{codec.name} encode", lambda: codec.encode(feature, args.qp, **kwargs))
     meta = dict(encoded.meta)
     meta.setdefault("codec", encoded.codec)
     meta.setdefault("rate_point", encoded.rate_point)
@@ -164,6 +182,14 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     if not bin_path.is_file():
         raise DataError(f"bitstream file not found: {bin_path}")
     bitstream = bin_path.read_bytes()
+    # A stream cut short (or grown) must fail here, whatever the decoder would make of it.
+    try:
+        expected = int(meta["bytes"])
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"{json_path} lacks an integer 'bytes' (the bitstream's length)") from None
+    if len(bitstream) != expected:
+        raise CodecError(f"corrupt bitstream: {bin_path} has {len(bitstream)} bytes, {json_path.name} says "
+                         f"{expected} (truncated?)")
     codec = get_codec(str(meta["codec"]))
     try:
         rate_point = int(meta.get("rate_point", meta.get("qp")))
@@ -172,7 +198,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     encoded = EncodedFeature(codec=codec.name, rate_point=rate_point, bitstream=bitstream, meta=meta)
     frame = None
     if isinstance(codec, BlockCodec):
-        frame = codec.decode_frame(encoded)
+        frame = _native(f"{codec.name} decode", lambda: codec.decode_frame(encoded))
         try:
             feature = unpack(frame, meta)
         except DataError as exc:
@@ -180,11 +206,14 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     else:
         if args.frame_out:
             raise CodecError(f"--frame-out needs a block codec; '{codec.name}' codes no frame")
-        feature = codec.decode(encoded)
+        feature = _native(f"{codec.name} decode", lambda: codec.decode(encoded))
     out = Path(args.out)
+    if out.is_dir():
+        raise DataError(f"--out {out} is a folder; give the .npy file to write")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        np.save(out, feature)
+        with open(out, "wb") as fh:  # exactly this name: np.save(path) would add '.npy'
+            np.save(fh, feature)
     except OSError as exc:
         raise DataError(f"cannot write {out}: {exc.strerror or exc}") from None
     if args.frame_out and frame is not None:
