@@ -37,10 +37,40 @@ def test_infer_json_and_pngs(tmp_path, scene_png, capsys, model):
     expected = predict(model, "cls", extract_features(model, "cls", [scene.image]))[0].top1
     assert result["class_id"] == expected
     assert result["class_name"] == model.meta.class_names[expected]
-    seg = np.asarray(Image.open(result["seg_png"]))
-    depth = np.asarray(Image.open(result["depth_png"]))
-    assert seg.shape == (168, 168) and seg.max() <= 10
-    assert depth.dtype == np.uint16 and 100 < np.median(depth) < 16000  # millimetres
+    seg_ids = np.load(result["seg_npy"])
+    depth_m = np.load(result["depth_npy"])
+    assert seg_ids.shape == (168, 168) and seg_ids.max() <= 10
+    assert depth_m.dtype == np.float32 and 0.1 < np.median(depth_m) < 16.0  # metres
+    # the PNG is the mask in the legend's colours, pixel for pixel
+    seg_rgb = np.asarray(Image.open(result["seg_png"]))
+    colours = {e["class_id"]: tuple(int(e["colour"][i:i + 2], 16) for i in (1, 3, 5)) for e in result["seg_legend"]}
+    assert seg_rgb.shape == (168, 168, 3)
+    for k in np.unique(seg_ids):
+        assert (seg_rgb[seg_ids == k] == colours[int(k)]).all()
+    fractions = {e["class_id"]: e["pixel_fraction"] for e in result["seg_legend"]}
+    assert fractions[0] == pytest.approx((seg_ids == 0).mean(), abs=1e-4)
+    assert [e["name"] for e in result["seg_legend"]] == list(model.meta.class_names)
+    legend = result["depth_legend"]
+    assert legend["near_m"] == pytest.approx(float(depth_m.min()), abs=1e-3)
+    assert legend["far_m"] == pytest.approx(float(depth_m.max()), abs=1e-3)
+
+
+def test_infer_outputs_at_the_input_size(tmp_path, scene_png, capsys, model):
+    scene, _ = scene_png
+    path = tmp_path / "wide.png"
+    Image.fromarray(scene.image).resize((400, 300)).save(path)
+    assert main(["infer", str(path), "--out", str(tmp_path / "out"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["size"] == {"width": 400, "height": 300}
+    for key in ("seg_png", "depth_png"):
+        assert Image.open(result[key]).size == (400, 300)
+    assert np.load(result["seg_npy"]).shape == (300, 400)
+    assert np.load(result["depth_npy"]).shape == (300, 400)
+    # a near pixel is brighter than a far one in the depth PNG
+    depth_m = np.load(result["depth_npy"])
+    grey = np.asarray(Image.open(result["depth_png"]).convert("L")).astype(int)
+    near, far = np.unravel_index(depth_m.argmin(), depth_m.shape), np.unravel_index(depth_m.argmax(), depth_m.shape)
+    assert grey[near] > grey[far]
 
 
 def test_features_from_image_and_pixels(tmp_path, scene_png, model):

@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     inf = sub.add_parser("infer", help="class, segmentation and depth for one image")
     inf.add_argument("image")
     inf.add_argument("--model", default="embedded")
-    inf.add_argument("--out", default=None, help="folder for seg/depth PNGs")
+    inf.add_argument("--out", default=None,
+                     help="folder for colour-mapped seg/depth PNGs at the input's size, with the raw arrays (.npy)")
     inf.add_argument("--json", action="store_true")
     inf.set_defaults(func=_infer)
 
@@ -92,7 +93,6 @@ def _info(args: argparse.Namespace) -> int:
 
 def _infer(args: argparse.Namespace) -> int:
     import numpy as np
-    from PIL import Image
 
     from cfqa_core.data.dataset import read_image
     from cfqa_core.inference import extract_features, predict
@@ -112,22 +112,48 @@ def _infer(args: argparse.Namespace) -> int:
         "top5": [{"class_id": int(i) + 1, "score": float(probs[i])} for i in top],
     }
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         seg = predict(model, "seg", extract_features(model, "seg", [image]))[0]
         dpt = predict(model, "dpt", extract_features(model, "dpt", [image]))[0]
-        stem = Path(args.image).stem
-        Image.fromarray(seg.mask).save(out / f"{stem}_seg.png")
-        mm = np.clip(dpt.depth * 1000.0, 0, 65535).astype(np.uint16)  # millimetres, 16-bit
-        Image.fromarray(mm).save(out / f"{stem}_depth.png")
-        result["seg_png"] = str(out / f"{stem}_seg.png")
-        result["depth_png"] = str(out / f"{stem}_depth.png")
-        result["depth_unit"] = "mm"
+        result.update(_write_dense_outputs(Path(args.out), Path(args.image).stem, image.shape[:2],
+                                           seg.mask, dpt.depth, model.meta.class_names))
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{result['class_name']} (class {result['class_id']}, p={result['top5'][0]['score']:.3f})")
-        for key in ("seg_png", "depth_png"):
+        for key in ("seg_png", "seg_npy", "depth_png", "depth_npy"):
             if key in result:
                 print(f"{key}: {result[key]}")
     return 0
+
+
+def _write_dense_outputs(out: Path, stem: str, size_hw: tuple[int, int], mask, depth,
+                         class_names: list[str] | None) -> dict:
+    """Seg and depth at the input's size: colour PNGs for people, .npy arrays for programs.
+
+    The model predicts at its own square input size; the mask is resized by
+    nearest neighbour (class ids stay class ids), the depth bilinearly.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from cfqa_core.colourmaps import colour_depth, colour_seg
+
+    out.mkdir(parents=True, exist_ok=True)
+    h, w = size_hw
+    seg_ids = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((w, h), Image.NEAREST))
+    depth_m = np.asarray(Image.fromarray(depth.astype(np.float32)).resize((w, h), Image.BILINEAR))
+    seg_rgb, seg_legend = colour_seg(seg_ids, class_names)
+    depth_rgb, depth_legend = colour_depth(depth_m)
+    paths = {key: out / f"{stem}_{key.replace('_', '.')}" for key in ("seg_png", "seg_npy", "depth_png", "depth_npy")}
+    Image.fromarray(seg_rgb).save(paths["seg_png"])
+    np.save(paths["seg_npy"], seg_ids)
+    Image.fromarray(depth_rgb).save(paths["depth_png"])
+    np.save(paths["depth_npy"], depth_m.astype(np.float32))
+    return {
+        **{k: str(p) for k, p in paths.items()},
+        "size": {"width": w, "height": h},
+        "model_output_size": list(mask.shape),
+        "seg_legend": seg_legend,
+        "depth_legend": depth_legend,
+        "depth_unit": "m",
+    }
