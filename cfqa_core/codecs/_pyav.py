@@ -87,7 +87,10 @@ def decode_picture(decoder: str, bitstream: bytes, bit_depth: int, max_pixels: i
             options["max_pixels"] = str(int(max_pixels))
         ctx.options = options
         frames = ctx.decode(av.Packet(bitstream)) + ctx.decode(None)
-    except (av.FFmpegError, EOFError, ValueError, MemoryError) as exc:
+    except MemoryError:  # FFmpeg's answer to a picture above max_pixels
+        raise CodecError(f"corrupt bitstream: {decoder} picture is larger than the {max_pixels} samples "
+                         "the metadata declares") from None
+    except (av.FFmpegError, EOFError, ValueError) as exc:
         raise CodecError(f"corrupt bitstream: {decoder} decoder: {exc}") from None
     if not frames:
         raise CodecError(f"corrupt bitstream: {decoder} decoder returned no picture")
