@@ -56,7 +56,7 @@ def test_meta_json_round_trips_small_objects(obj: dict) -> None:
 @FAST
 @given(st.integers(0, 300), st.booleans())
 def test_meta_json_nesting_is_bounded(depth: int, objects: bool) -> None:
-    inner = ('{"k":' * depth + "1" + "}" * depth) if objects else ("[" * depth + "]" * depth)
+    inner = ('{"k":' * depth + "1" + "}" * depth) if objects else ("[" * depth + "1" + "]" * depth)
     text = '{"a":' + inner + "}"
     if depth + 1 <= 8:
         assert isinstance(parse_meta_json(text), dict)
