@@ -55,14 +55,17 @@ def register(esub: argparse._SubParsersAction) -> None:
                    help="ONNX Runtime execution provider, in order of preference (repeatable; default: all "
                         "available, e.g. CUDAExecutionProvider then CPUExecutionProvider)")
     p.add_argument("--threads", type=int, default=None, help="threads of the feature backend")
-    p.add_argument("--out", default=None, help="JSON-lines output (default: stdout)")
+    p.add_argument("--out", default=None,
+                   help="JSON-lines output, appended to; a restart resumes from it (default: stdout)")
     p.add_argument("--node-id", default=None)
     p.add_argument("--token", default=os.environ.get("CFQA_TOKEN"), help="bearer token (default: $CFQA_TOKEN)")
     p.add_argument("--tls-ca", default=None, help="PEM CA/certificate to verify the cloud (enables TLS)")
     p.add_argument("--tls-server-name", default=None, help="name the cloud certificate is checked against")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline of one call, seconds")
     p.add_argument("--senders", type=int, default=2, help="frames in flight at once")
-    p.add_argument("--queue", type=int, default=32, help="frames queued in memory before spilling to disk")
+    p.add_argument("--queue", type=int, default=32,
+                   help="waiting frames also held in memory (every frame is on disk in the spool; the rest "
+                        "are read back from it)")
     p.add_argument("--spool-dir", default=None,
                    help="write-ahead spool, kept across runs so that a restart resumes (default: OUT.spool "
                         "beside --out, else $XDG_DATA_HOME/cfqa/edge-spool/NODE_ID)")

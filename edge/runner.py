@@ -403,12 +403,15 @@ class EdgeRunner:
         """Process ``images`` in order; every frame ends in ``out`` (JSON lines) and the summary.
 
         Frames an earlier run left in the spool go first; images whose frame
-        ended in an earlier run (journaled in the spool, or with a final record
-        in ``out``) are skipped, so a restart neither loses nor repeats a frame.
+        ended in an earlier run (with a final record in ``out``; journaled in
+        the spool when ``out`` is not a regular file, e.g. stdout) are skipped,
+        so a restart neither loses nor repeats a frame.
         """
         cfg = self.config
         summary = RunSummary()
-        self.queue.note_finished(finished_ids(out))
+        if out is not None and (out.is_file() or not out.exists()):
+            # A regular output file is the ledger: deleting it starts afresh, appending to it resumes.
+            self.queue.note_finished(finished_ids(out), replace=True)
         writer = _Writer(out, summary, fsync=cfg.fsync)
         summary.recovered = self.queue.recovered
         summary.frames += self.queue.recovered  # frames an earlier run left in the spool

@@ -161,11 +161,15 @@ class SpoolQueue:
         with self._cond:
             return frame_id in self.finished_ids
 
-    def note_finished(self, frame_ids: Iterable[int]) -> None:
+    def note_finished(self, frame_ids: Iterable[int], replace: bool = False) -> None:
         """Frames known to have ended elsewhere (e.g. in the output file of an earlier run); their
-        spool files, left by a run that died between writing the record and deleting the file, go."""
+        spool files, left by a run that died between writing the record and deleting the file, go.
+        ``replace``: these are all the finished frames (the output file is the ledger, not the journal)."""
         with self._cond:
-            self.finished_ids.update(frame_ids)
+            if replace:
+                self.finished_ids = set(frame_ids)
+            else:
+                self.finished_ids.update(frame_ids)
             keep: deque[SpoolItem] = deque()
             for entry in self._disk:
                 if entry.frame_id in self.finished_ids and entry.path is not None:

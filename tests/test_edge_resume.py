@@ -117,6 +117,10 @@ def test_stopped_edge_resumes_without_loss_or_duplicate(engine, backend, images,
         assert (s3.frames, s3.skipped, s3.delivered, s3.recovered) == (0, 6, 0, 0)
         assert _computed(srv) == 5 and len(_records(out)) == 5  # nothing resent, nothing appended
         assert not (spool / name).exists()
+        # Run 4: the output file is the ledger; without it every image is a new frame again.
+        out.unlink()
+        s4 = _runner(backend, f"127.0.0.1:{port}", spool).run(images, out)
+        assert (s4.frames, s4.skipped, s4.delivered) == (5, 0, 5) and len(_records(out)) == 5
     finally:
         srv.stop(0).wait()
 
@@ -210,3 +214,16 @@ def test_spool_item_survives_with_its_record(tmp_path) -> None:
     item = again.get(timeout=1)
     assert item.path.name == spool_name(0, 42) and item.payload == b"req"
     assert item.record == {"image": "a.png", "capture_ns": 5, "latency_ms": {"extract": 1.5}}
+
+
+def test_without_an_output_file_the_journal_is_the_ledger(engine, backend, images, tmp_path, capsys) -> None:
+    srv = _server(engine)
+    try:
+        target = f"127.0.0.1:{srv.port}"
+        first = _runner(backend, target, tmp_path / "spool").run(images[:2], Path("/dev/stdout"))
+        second = _runner(backend, target, tmp_path / "spool").run(images[:3], Path("/dev/stdout"))
+    finally:
+        srv.stop(0).wait()
+    assert (first.delivered, second.delivered, second.skipped) == (2, 1, 2)
+    assert _computed(srv) == 3
+    assert len((tmp_path / "spool" / JOURNAL).read_text().split()) == 3
