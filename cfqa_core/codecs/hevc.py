@@ -14,6 +14,15 @@ the QP coded and nothing but the picture is sent:
 
 x265's own ``--recon`` output is wrong for 4:0:0 at 10 bits, so every stream is
 checked through a real decoder (FFmpeg's HEVC decoder via PyAV).
+
+Threads: by default each encode runs on a one-thread x265 pool with one frame
+thread (``pools=1:frame-threads=1``), the same bytes as x265's default pool
+over every core but without starting a pool per picture, which costs more CPU
+than a small picture takes to code and oversubscribes the cores when many
+encodes run in parallel (the dataset build). ``pools=none`` would be cheaper
+still but makes x265 drop wavefront parallel processing, which changes the
+bitstream of pictures wider than two CTUs. ``threads=None`` keeps x265's own
+default.
 """
 from __future__ import annotations
 
@@ -27,6 +36,7 @@ from cfqa_core.codecs import _ffmpeg, _pyav
 from cfqa_core.codecs._subprocess import find_executable, private_dir, read_output, run_tool
 from cfqa_core.codecs.base import register_codec
 from cfqa_core.codecs.block import BlockCodec, raw_frame_bytes
+from cfqa_core.errors import CodecError
 
 # (x265 option, value); a bool is a switch (``--<name>`` / ``--no-<name>`` on the CLI).
 X265Param = tuple[str, str | bool]
@@ -45,10 +55,22 @@ def ctu_size(height: int, width: int) -> int:
     return 64 if side >= 64 else 32 if side >= 32 else 16
 
 
+def x265_threading(threads: int | None) -> list[X265Param]:
+    """x265 pool options for ``threads`` worker threads (None: x265's default, a pool over every core).
+
+    Wavefront processing stays on whatever the count, so the bitstream does not depend on it.
+    """
+    if threads is None:
+        return []
+    if threads < 1:
+        raise CodecError(f"x265 threads must be >= 1 or None, got {threads}")
+    return [("pools", str(threads)), ("frame-threads", "1")]
+
+
 def x265_params(
     qp: int, ctu: int = 64, lossless: bool = False, picture_hash: bool = False
 ) -> list[X265Param]:
-    """The x265 options of our HEVC codecs (QP mode or lossless)."""
+    """The x265 options of our HEVC codecs (QP mode or lossless); threading is separate (``x265_threading``)."""
     params = list(_X265_TUNING)
     params.append(("ctu", str(ctu)))
     params.append(("lossless", True) if lossless else ("qp", str(qp)))
@@ -74,9 +96,11 @@ class _HevcBase(BlockCodec):
     bit_depths: ClassVar[tuple[int, ...]] = (8, 10, 12)
     min_size: ClassVar[int] = 16
 
-    def __init__(self, preset: str = "medium", picture_hash: bool = False) -> None:
+    def __init__(self, preset: str = "medium", picture_hash: bool = False, threads: int | None = 1) -> None:
         self.preset = preset
         self.picture_hash = picture_hash
+        self.threads = threads
+        x265_threading(threads)  # refuse a bad count now, not at the first encode
 
     def settings(self) -> dict[str, Any]:
         return {"encoder": "x265", "preset": self.preset}
@@ -97,6 +121,7 @@ class HevcCodec(_HevcBase):
 
     def _encode_frame(self, frame: np.ndarray, qp: int, bit_depth: int) -> bytes:
         params = x265_params(qp, ctu_size(*frame.shape), self.lossless, self.picture_hash)
+        params += x265_threading(self.threads)
         rendered = ":".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in params)
         options = {"preset": self.preset, "x265-params": rendered + ":log-level=none"}
         return _pyav.encode_picture("libx265", frame, bit_depth, options)
@@ -118,8 +143,9 @@ class HevcX265CliCodec(_HevcBase):
 
     name: ClassVar[str] = "hevc-x265"
 
-    def __init__(self, preset: str = "medium", picture_hash: bool = False, timeout: float = 600.0) -> None:
-        super().__init__(preset, picture_hash)
+    def __init__(self, preset: str = "medium", picture_hash: bool = False, timeout: float = 600.0,
+                 threads: int | None = 1) -> None:
+        super().__init__(preset, picture_hash, threads)
         self.timeout = timeout
 
     def executable(self) -> str | None:
@@ -138,7 +164,8 @@ class HevcX265CliCodec(_HevcBase):
             "--input-csp", "i400", "--input-depth", str(bit_depth), "--output-depth", str(bit_depth),
             "--preset", self.preset, "--log-level", "error",
         ]
-        for key, value in x265_params(qp, ctu_size(height, width), False, self.picture_hash):
+        params = x265_params(qp, ctu_size(height, width), False, self.picture_hash) + x265_threading(self.threads)
+        for key, value in params:
             if isinstance(value, bool):
                 args.append(f"--{key}" if value else f"--no-{key}")
             else:

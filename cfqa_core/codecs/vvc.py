@@ -10,6 +10,12 @@ squeeze full-range samples to video range).
 The requested QP is the coded QP: ``-qpa 0`` turns off vvenc's perceptual QP
 adaptation and ``IntraQPOffset=0`` its default -3 offset on intra pictures.
 
+vvenc runs on one thread by default (``threads=1``, FFmpeg's ``-threads 1``):
+the same bytes as its automatic thread count, without a thread pool per
+picture competing with the other encodes of a parallel dataset build.
+(vvenc's own ``Threads=0`` is not equivalent: it changes the bitstream.)
+``threads=None`` keeps FFmpeg's automatic count.
+
 Decoding uses FFmpeg's native VVC decoder with one thread: its multi-threaded
 mode returns different (wrong) pictures from run to run for these streams,
 caught by the picture-hash SEI (``picture_hash=True``).
@@ -52,12 +58,16 @@ class VvcCodec(BlockCodec):
     qp_range: ClassVar[tuple[int, int]] = (0, 63)
     bit_depths: ClassVar[tuple[int, ...]] = (10,)
 
-    def __init__(self, preset: str = "fast", picture_hash: bool = False, timeout: float = 1800.0) -> None:
+    def __init__(self, preset: str = "fast", picture_hash: bool = False, timeout: float = 1800.0,
+                 threads: int | None = 1) -> None:
         if preset not in VVENC_PRESETS:
             raise CodecError(f"unknown vvenc preset {preset!r} (one of {', '.join(VVENC_PRESETS)})")
+        if threads is not None and threads < 1:
+            raise CodecError(f"vvenc threads must be >= 1 or None, got {threads}")
         self.preset = preset
         self.picture_hash = picture_hash
         self.timeout = timeout
+        self.threads = threads
 
     def availability(self) -> tuple[bool, str | None]:
         return _ffmpeg.encoder_availability("libvvenc")
@@ -73,7 +83,8 @@ class VvcCodec(BlockCodec):
         return [
             _ffmpeg.ffmpeg_exe() or "ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error",
             "-f", "rawvideo", "-pix_fmt", "yuv420p10le", "-s", f"{width}x{height}", "-i", src,
-            "-frames:v", "1", "-c:v", "libvvenc", "-preset", self.preset,
+            "-frames:v", "1", *(("-threads", str(self.threads)) if self.threads else ()),
+            "-c:v", "libvvenc", "-preset", self.preset,
             "-qp", str(qp), "-qpa", "0", "-vvenc-params", params,
             "-f", "vvc", "-y", dst,
         ]
