@@ -81,6 +81,21 @@ def test_edge_install_has_no_torch(edge_venv, tmp_path) -> None:
 
 
 @pytest.mark.slow
+def test_edge_install_reports_learned_codecs_need_their_extra(edge_venv, tmp_path) -> None:
+    # [edge] has no constriction (no aarch64 wheel): learned codecs say which extra they need, HEVC works.
+    missing = _venv_python(edge_venv, "import constriction", tmp_path)
+    assert missing.returncode != 0 and "No module named 'constriction'" in missing.stderr
+    listed = subprocess.run([str(edge_venv / "bin" / "cfqa"), "codec", "list", "--json"], capture_output=True,
+                            text=True, timeout=900, env=_clean_env(), cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    rows = {row["name"]: row for row in json.loads(listed.stdout)}
+    learned = [name for name, row in rows.items() if row.get("family") == "learned"]
+    assert learned and all(not rows[n]["available"] for n in learned)
+    assert all("install cfqa-edgecloud[learned]" in rows[n]["reason"] for n in learned)
+    assert rows["hevc"]["available"]
+
+
+@pytest.mark.slow
 def test_edge_runs_onnx_against_cloud(edge_venv, tmp_path) -> None:
     torch.set_num_threads(1)
     spec = test_model_spec()

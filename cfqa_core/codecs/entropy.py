@@ -139,11 +139,15 @@ def native_failure(exc: BaseException, what: str) -> CodecError:
     return CodecError(f"corrupt bitstream: {what} cannot be decoded ({type(exc).__name__}: {str(exc)[:200]})")
 
 
+MISSING_CONSTRICTION = "install cfqa-edgecloud[learned] (the 'constriction' range coder is missing)"
+
+
 def _constriction():
+    """constriction, imported on first use: it is the optional ``[learned]`` extra."""
     try:
         import constriction
-    except ImportError as exc:  # pragma: no cover - constriction is a core dependency
-        raise CodecError("learned codecs need the 'constriction' package") from exc
+    except ImportError as exc:
+        raise CodecError(f"learned codecs unavailable: {MISSING_CONSTRICTION}") from exc
     return constriction
 
 

@@ -233,6 +233,11 @@ class LearnedCodec(FeatureCodec):
         return self.bundle.lambdas
 
     def availability(self) -> tuple[bool, str | None]:
+        import importlib.util
+
+        # constriction is an optional extra: it has no aarch64 wheel (Jetson), where the edge runs HEVC.
+        if importlib.util.find_spec("constriction") is None:
+            return False, entropy.MISSING_CONSTRICTION
         try:
             self.bundle
             backend = _pick_backend(self.backend_name)
