@@ -102,7 +102,7 @@ class OriginalBootstrap:
         try:
             pos = np.fromiter((index[str(i)] for i in image_ids), dtype=np.int64, count=len(image_ids))
         except KeyError as exc:
-            raise DataError(f"original {exc.args[0]} of task '{task}' is not in the bootstrap") from None
+            raise DataError(f"original '{exc.args[0]}' of task '{task}' is not in the bootstrap") from None
         v[pos] = np.asarray(values, dtype=np.float64)
         defined = np.isfinite(v)
         x = np.where(defined, v, 0.0)

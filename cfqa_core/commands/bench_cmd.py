@@ -1,15 +1,20 @@
 """``cfqa bench``: the CFQA PLCC/SROCC benchmark of quality metrics on a benchmark table.
 
-    cfqa bench --table BUILD/table.parquet [--out REPORT] [--metrics mse,cosine,cka] [--json]
+    cfqa bench --table BUILD/table.parquet [--paper-table PAPER/table.parquet] [--out REPORT]
+               [--metrics mse,cosine,cka] [--fidelity] [--json]
     cfqa bench --from-seed CFQA_DATASET [--out DIR] [--json]
 
 ``--table`` reads a table from ``cfqa dataset build``; ``--from-seed`` first
 ingests the reference dataset's released layout (original and compressed
 ``.npy`` features with ground-truth distortions, see ``cfqa_core.bench.seed_ingest``),
 computing the metrics on every pair, and writes that table to ``OUT/table.parquet``.
-With ``--json`` one JSON object keyed ``"codec/task/metric"`` is printed
-(files are written only when ``--out`` is given); otherwise the report
-(report.md/.json, CSVs, plots) is written and its Markdown table printed.
+With ``--json`` one JSON object keyed ``"codec/task/metric"`` is printed, each
+``{plcc, plcc_ci, srocc, srocc_ci, n}`` with 95 % bootstrap intervals over
+originals (with ``--paper-table``: ``{"table": {...}, "paper_table": {...}}``;
+files are written only when ``--out`` is given); otherwise the report
+(report.md/.html/.json, CSVs, plots) is written and its summary printed.
+``--paper-table`` reports a second table (the paper's QP 2-20 ladder) beside
+the first; each table's ladder is named from its build's ``build.json``.
 """
 from __future__ import annotations
 
@@ -36,6 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--table", help="benchmark table (table.parquet or its build folder)")
     src.add_argument("--from-seed", metavar="PATH", help="the reference CFQA dataset folder (org_feat/, compressed_feat/)")
+    p.add_argument("--paper-table", metavar="PATH",
+                   help="a second table on the paper's ladder, reported beside --table")
+    p.add_argument("--fidelity", action="store_true",
+                   help="also correlate the metrics with output_change (label-free fidelity view)")
+    p.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (default 2000)")
+    p.add_argument("--seed", type=int, default=None, help="bootstrap seed (default 0)")
     p.add_argument("--out", help="report folder (default: TABLE_DIR/report, or PATH/cfqa_bench for --from-seed)")
     p.add_argument("--metrics", help="comma list of metric columns (default: every registered metric in the table)")
     p.add_argument("--codecs", help="--from-seed only: comma list of codec folders (default: all)")
@@ -52,6 +63,22 @@ def _load_table(args):
     table = read_table(path)
     out = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "report"
     return table, out, str(path)
+
+
+def ladder_name(path: str | Path, default: str) -> str:
+    """The ladder a table was built on, from its build folder's build.json (``default`` if not recorded)."""
+    path = Path(path)
+    build = (path if path.is_dir() else path.parent) / "build.json"
+    try:
+        name = json.loads(build.read_text()).get("config", {}).get("ladder")
+    except (OSError, ValueError, AttributeError):
+        return default
+    return str(name) if name else default
+
+
+def _json_results(results: dict) -> dict:
+    keep = ("plcc", "plcc_ci", "srocc", "srocc_ci", "n")
+    return {k: {f: v[f] for f in keep} for k, v in results.items()}
 
 
 def _ingest(args, metrics):
@@ -76,31 +103,46 @@ def _ingest(args, metrics):
 
 
 def _cmd_bench(args) -> int:
+    from cfqa_core.bench.bootstrap import RESAMPLES, SEED
     from cfqa_core.bench.protocol import resolve_metrics
+    from cfqa_core.bench.report import build_report
 
     metrics = _csv(args.metrics)  # checked against the registry and the table's columns below
+    resamples = RESAMPLES if args.resamples is None else args.resamples
+    if resamples < 1000:
+        raise DataError(f"--resamples must be at least 1000 for a 95 % interval, got {resamples}")
+    seed = SEED if args.seed is None else args.seed
+    paper_table = None
+    ladder = "seed" if args.from_seed else "operating"
     if args.table:
         if args.codecs or args.tasks:
             raise DataError("--codecs/--tasks apply to --from-seed only")
         table, out, source = _load_table(args)
+        ladder = ladder_name(args.table, "operating")
     else:
+        if args.paper_table:
+            raise DataError("--paper-table applies to --table only")
         table, out, source, metrics = _ingest(args, metrics)
     metrics = resolve_metrics(table, metrics)
+    if args.paper_table:
+        from cfqa_core.benchdata.schema import read_table
 
+        paper_table = read_table(args.paper_table)
+    kw = dict(source=source, make_plots=not args.no_plots, ladder=ladder, paper_table=paper_table,
+              paper_source=str(args.paper_table or ""),
+              paper_ladder=ladder_name(args.paper_table, "paper") if args.paper_table else "paper",
+              fidelity=args.fidelity, resamples=resamples, seed=seed)
+
+    report = build_report(table, out if (args.out or not args.json) else None, metrics, **kw)
     if args.json:
-        from cfqa_core.bench.protocol import run_protocol
-        from cfqa_core.bench.report import build_report
-
-        if args.out:
-            results = build_report(table, out, metrics, source=source, make_plots=not args.no_plots).results
-        else:
-            results = run_protocol(table, metrics)[1]
-        print(json.dumps({k: {"plcc": v["plcc"], "srocc": v["srocc"], "n": v["n"]} for k, v in results.items()}))
+        results = _json_results(report.results)
+        if report.paper is not None:
+            results = {"table": results, "paper_table": _json_results(report.paper.results)}
+        print(json.dumps(results))
         return 0
-
-    from cfqa_core.bench.report import build_report
-
-    report = build_report(table, out, metrics, source=source, make_plots=not args.no_plots)
+    for line in report.headline:
+        print(f"- {line}")
+    print()
     print(report.table_markdown)
     print()
     for v in report.verdicts:
