@@ -10,7 +10,8 @@
 * :class:`AuthGuard`: constant-time token check with a per-peer limit on
   failed attempts.
 * :class:`ResponseCache`: answers a repeated ``(node_id, frame_id)`` with the
-  same request bytes from memory instead of recomputing (bounded, LRU + TTL).
+  same request bytes from memory instead of recomputing (bounded in entries
+  and bytes, least recently used first, entries expire).
 """
 from __future__ import annotations
 
@@ -263,9 +264,11 @@ class AuthGuard:
 class ResponseCache:
     """Answers of recent frames by ``(node_id, frame_id)``, checked against a digest of the request bytes."""
 
-    def __init__(self, max_entries: int = 4096, ttl_s: float = 600.0) -> None:
+    def __init__(self, max_entries: int = 4096, ttl_s: float = 600.0, max_bytes: int = 64 << 20) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.ttl_s = ttl_s
+        self.nbytes = 0
         self._entries: OrderedDict[tuple[str, int], tuple[float, bytes, bytes]] = OrderedDict()
         self._pending: dict[tuple[str, int], threading.Event] = {}
         self._lock = threading.Lock()
@@ -285,7 +288,7 @@ class ResponseCache:
                 if entry is not None:
                     stamp, got_digest, answer = entry
                     if time.monotonic() - stamp > self.ttl_s:
-                        del self._entries[key]
+                        self.nbytes -= len(self._entries.pop(key)[2])
                     elif got_digest == digest:
                         self._entries.move_to_end(key)
                         self.hits += 1
@@ -309,11 +312,14 @@ class ResponseCache:
     def finish(self, key: tuple[str, int], digest: bytes, answer: bytes | None) -> None:
         """Store ``answer`` (None: the frame failed, nothing to remember) and wake waiters."""
         with self._lock:
-            if answer is not None:
+            if answer is not None and self.max_entries > 0 and len(answer) <= self.max_bytes:
+                old = self._entries.pop(key, None)
+                if old is not None:
+                    self.nbytes -= len(old[2])
                 self._entries[key] = (time.monotonic(), digest, answer)
-                self._entries.move_to_end(key)
-                while len(self._entries) > self.max_entries:
-                    self._entries.popitem(last=False)
+                self.nbytes += len(answer)
+                while len(self._entries) > self.max_entries or self.nbytes > self.max_bytes:
+                    self.nbytes -= len(self._entries.popitem(last=False)[1][2])
             event = self._pending.pop(key, None)
         if event is not None:
             event.set()

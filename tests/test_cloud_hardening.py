@@ -442,3 +442,17 @@ def test_metrics_and_access_log(engine, model, hevc_payload, caplog) -> None:
         assert "crc32" in lines[1]["error"]
     finally:
         running.stop(0).wait()
+
+
+def test_response_cache_is_bounded_in_entries_and_bytes() -> None:
+    from cloud.admission import ResponseCache
+
+    cache = ResponseCache(max_entries=3, max_bytes=10)
+    for i in range(5):
+        assert cache.claim(("n", i), b"d", 1.0) is None
+        cache.finish(("n", i), b"d", b"x" * 4)
+    assert (len(cache), cache.nbytes) == (2, 8)
+    assert cache.claim(("n", 4), b"d", 1.0) == b"xxxx"
+    assert cache.claim(("n", 4), b"other request", 1.0) is None  # same id, other bytes: recompute
+    cache.finish(("n", 4), b"other request", None)
+    assert cache.claim(("n", 0), b"d", 1.0) is None  # evicted
