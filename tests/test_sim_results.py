@@ -75,13 +75,13 @@ def test_report_html_is_self_contained(run_dir):
     out = run_dir
     page = (out / "report.html").read_text()
     images = re.findall(r"src='data:image/png;base64,([^']+)'", page)
-    assert len(images) == 4
+    assert len(images) == 5  # summary, capacity, rate-accuracy, latency CDF, rate timeline
     for data in images:
         img = Image.open(io.BytesIO(base64.b64decode(data)))
         assert img.size[0] >= 400 and img.size[1] >= 250
     assert "<table>" in page and "hq" in page
     md = (out / "report.md").read_text()
-    for name in ("capacity", "rate_accuracy", "latency_cdf", "rate_timeline"):
+    for name in ("summary", "capacity", "rate_accuracy", "latency_cdf", "rate_timeline"):
         assert f"(plots/{name}.png)" in md and (out / "plots" / f"{name}.png").is_file()
 
 
