@@ -81,8 +81,8 @@ class IdleStreams:
 
             call = stub.InferStream(frames(), timeout=3600)
             self.calls.append(call)
-        for call in self.calls:  # every stream is open and has had its frame answered
-            assert next(call).results, "a stream's first frame got no result"
+            first_answer = next(call)  # one at a time: the stream is open and its frame answered
+            assert first_answer.results, f"a stream's first frame was refused: {first_answer.error.message}"
 
     def close(self) -> None:
         self.release.set()
