@@ -11,6 +11,9 @@ until the edge has finished every image; then the ledger is checked:
 * every frame that sat in the spool when the edge was killed (captured, not
   yet ended) ends exactly once;
 * the output file only ever grew; no frame is left in the spool;
+* after every ``--damage-every``-th edge kill one spool file is cut in half
+  (a damaged disk): it must be quarantined with a record, the senders must
+  carry on, and the frame's image, captured again, must still end once;
 * from the cloud's access logs: frames computed more than once (resent after a
   kill, with the cloud's replay cache lost or bypassed) and frames answered
   from the replay cache.
@@ -134,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-gap", type=float, default=6.0, help="longest time between kills, s")
     ap.add_argument("--max-down", type=float, default=3.0, help="longest time a killed process stays down, s")
     ap.add_argument("--time-limit", type=float, default=540.0, help="whole run, s")
+    ap.add_argument("--damage-every", type=int, default=3,
+                    help="cut one spool file in half after every N-th edge kill (0: never)")
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--work", type=Path, default=None, help="work folder (default: a new temporary one)")
     ap.add_argument("--out", type=Path, default=RESULTS / "chaos", help="results prefix (.json and .md)")
@@ -168,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     edge.start()
     kills: list[dict] = []
     at_risk: set[int] = set()
+    damaged: list[str] = []
+    edge_kills = 0
     out_sizes: list[int] = []
     topped_up = 0
     print(f"chaos: cloud on port {port}, {len(images)} frames, {args.kills} kills; work folder {work}", flush=True)
@@ -190,6 +197,17 @@ def main(argv: list[str] | None = None) -> int:
                 entry["spooled_frames"] = len(pending)
                 at_risk.update(pending)
             entry["pid"] = victim.kill()
+            if victim is edge:
+                edge_kills += 1
+                # Only frames without a final record: a file whose record is written is simply deleted.
+                ended = {r.get("frame_id") for r in read_records(out)[0]}
+                files = sorted(f for f in spool.glob(f"*{SUFFIX}")
+                               if (m := _NAME.match(f.stem)) and int(m.group(2), 16) not in ended)
+                if args.damage_every and edge_kills % args.damage_every == 0 and files:
+                    bad = rng.choice(files)
+                    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+                    damaged.append(bad.name)
+                    entry["damaged_spool_file"] = bad.name
             size = out.stat().st_size if out.exists() else 0
             out_sizes.append(size)
             entry["output_bytes"] = size
@@ -236,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     delivered = [r for r in recs if r.get("status") == "delivered"]
     dropped = [r for r in recs if r.get("status") == "dropped"]
     quarantined = [r for r in recs if r.get("quarantined")]
+    quarantined_ok = sorted(r.get("spool_file") for r in quarantined) == sorted(damaged)
     dropped_without_reason = [r for r in dropped if not r.get("reason")]
     delivered_without_result = [r for r in delivered if not r.get("cloud", {}).get("results")]
     at_risk_ended_once = sum(per_frame.get(fid, 0) == 1 for fid in at_risk)
@@ -249,14 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     reasons = Counter(r.get("code") or "?" for r in dropped)
     ok = (not duplicates and not missing and not unknown and not dropped_without_reason
           and not delivered_without_result and at_risk_ended_once == len(at_risk) and grew and not spool_left
-          and len(kills) >= 20)
+          and quarantined_ok and len(kills) >= 20)
     result = {
         "pass": ok,
         "kills": {"total": len(kills), "cloud": sum(k["victim"] == "cloud" for k in kills),
                   "edge": sum(k["victim"] == "edge" for k in kills)},
         "frames": {"images": len(images), "added_during_run": topped_up, "final_records": len(recs),
                    "delivered": len(delivered), "dropped": len(dropped), "drop_codes": dict(reasons),
-                   "quarantined_spool_files": len(quarantined), "torn_output_lines": torn},
+                   "damaged_spool_files": len(damaged), "quarantined_spool_files": len(quarantined),
+                   "quarantined_are_the_damaged": quarantined_ok, "torn_output_lines": torn},
         "ledger": {"duplicates_in_output": len(duplicates), "missing": len(missing), "unknown_ids": len(unknown),
                    "dropped_without_reason": len(dropped_without_reason),
                    "delivered_without_result": len(delivered_without_result),
@@ -290,7 +310,8 @@ def markdown(r: dict) -> str:
         ("frames without a final record", led["missing"]),
         ("frames in the spool at an edge kill / of them ended exactly once",
          f"{led['spooled_at_edge_kills']} / {led['spooled_at_edge_kills_ended_once']}"),
-        ("damaged spool files quarantined", f["quarantined_spool_files"]),
+        ("spool files damaged / quarantined with a record",
+         f"{f['damaged_spool_files']} / {f['quarantined_spool_files']}"),
         ("output lines torn by a kill (kept, skipped by readers)", f["torn_output_lines"]),
         ("output file only grew", led["output_only_grew"]),
         ("frames left in the spool", led["frames_left_in_spool"]),
@@ -315,7 +336,8 @@ def markdown(r: dict) -> str:
         "",
         "A frame computed more than once by the cloud was in flight when the edge was killed (or its answer was "
         "lost with a killed cloud): the restarted edge sends it again under the same frame id; the edge "
-        "output still holds it once.",
+        "output still holds it once. A damaged spool file ends as a `DATA_LOSS` record naming the "
+        "quarantined file; its image is captured again and delivered once.",
         "",
     ]
     return "\n".join(lines)
