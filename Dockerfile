@@ -13,7 +13,8 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    OMP_NUM_THREADS=2
+    OMP_NUM_THREADS=2 \
+    MALLOC_ARENA_MAX=2
 
 # Codec tools used by the block codecs besides the FFmpeg bundled with PyAV.
 RUN apt-get update \
@@ -36,10 +37,12 @@ RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu "torch==2
 RUN useradd --system --uid 10001 cfqa
 USER cfqa
 
-EXPOSE 50051
-# SIGTERM (docker stop) finishes in-flight calls within --grace seconds; keep docker's
-# stop timeout above it: docker stop -t 40.
+EXPOSE 50051 9100
+# SIGTERM (docker stop) finishes in-flight calls within --grace seconds, a hard limit (the process
+# exits at most a few seconds later); keep docker's stop timeout above it: docker stop -t 40.
 STOPSIGNAL SIGTERM
 # Plaintext probe of the standard health service; with TLS, override it (docker run --no-healthcheck).
 HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; ch = grpc.insecure_channel('127.0.0.1:50051'); assert g.HealthStub(ch).Check(h.HealthCheckRequest(), timeout=4).status == h.HealthCheckResponse.SERVING" || exit 1
-ENTRYPOINT ["cfqa", "cloud", "serve", "--bind", "0.0.0.0", "--port", "50051", "--grace", "30"]
+# Prometheus metrics on 9100 (unauthenticated: publish it on the host's loopback, -p 127.0.0.1:9100:9100).
+ENTRYPOINT ["cfqa", "cloud", "serve", "--bind", "0.0.0.0", "--port", "50051", "--grace", "30", \
+            "--metrics-port", "9100", "--metrics-bind", "0.0.0.0"]

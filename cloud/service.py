@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -364,7 +363,3 @@ def _expired(context: grpc.ServicerContext) -> bool:
     remaining = context.time_remaining()
     return remaining is not None and remaining <= 0.0
 
-
-def default_compute_slots() -> int:
-    """One compute slot per two cores (each runs torch with its own intra-op threads), at least one."""
-    return max(1, (os.cpu_count() or 1) // 2)
