@@ -152,3 +152,17 @@ def test_set_refuses_negative_index(capsys, tmp_path) -> None:
     code, _, err = _run(capsys, "scenario", "validate", str(path), "--set", "nodes.-1.count=2")
     _one_line(code, err, "scenario", "'-1' is not an index of nodes")
     assert _run(capsys, "scenario", "validate", str(path), "--set", "nodes.0.count=2")[0] == 0
+
+
+@pytest.mark.parametrize("option, value, needle", [
+    ("--timeout", "inf", "must be in 0.001..86400, got inf"),
+    ("--max-age", "nan", "got nan"),
+    ("--senders", "0", "must be in 1..256, got 0"),
+    ("--queue", "many", "not an integer: 'many'"),
+    ("--max-spool-mb", "-5", "got -5"),
+])
+def test_edge_run_numbers_are_bounded(capsys, tmp_path, option, value, needle) -> None:
+    code, out, err = _run(capsys, "edge", "run", "--cloud", "127.0.0.1:1", "--images", str(tmp_path),
+                          option, value)
+    assert code == 2 and out == ""
+    assert f"argument {option}: {needle}" in err.strip().splitlines()[-1] and "Traceback" not in err
