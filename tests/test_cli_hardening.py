@@ -156,10 +156,10 @@ def test_set_refuses_negative_index(capsys, tmp_path) -> None:
 
 @pytest.mark.parametrize("option, value, needle", [
     ("--timeout", "inf", "must be in 0.001..86400, got inf"),
-    ("--max-age", "nan", "got nan"),
+    ("--max-age", "nan", "must be in 0.001..2.592e+06, got nan"),
     ("--senders", "0", "must be in 1..256, got 0"),
     ("--queue", "many", "not an integer: 'many'"),
-    ("--max-spool-mb", "-5", "got -5"),
+    ("--max-spool-mb", "-5", "must be in 1..1.67772e+07, got -5"),
 ])
 def test_edge_run_numbers_are_bounded(capsys, tmp_path, option, value, needle) -> None:
     code, out, err = _run(capsys, "edge", "run", "--cloud", "127.0.0.1:1", "--images", str(tmp_path),
