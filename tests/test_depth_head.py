@@ -44,7 +44,7 @@ def test_depth_equals_channels_first_definition(model, n_images) -> None:
 
 def test_depth_gradients_equal_channels_first_definition(model) -> None:
     """Training goes through the same head: its gradients must not change either."""
-    size = (56, 56)
+    size = (model.image_size, model.image_size)  # several softmax bands per image
     with torch.no_grad():
         levels = _levels(model, scene_images(1))
     grads = []

@@ -16,6 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
+_BAND_BYTES = 1 << 20  # rows of upsampled depth-bin scores taken through the softmax at once
+
+
 def _patch_grid(patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """N x P x C patch tokens -> N x C x h x w feature map."""
     n, p, c = patches.shape
@@ -70,17 +73,23 @@ class DepthHead(nn.Module):
         expectation run over the innermost axis (``softmax(-1) @ bins``). The
         channels-first layout took the softmax across a strided axis and
         copied the full N x K x H x W scores several times. One image is
-        upsampled at a time, so the temporaries stay at two H x W x K tensors
-        whatever the batch size.
+        upsampled at a time and its softmax taken a band of rows at a time
+        (about 1 MB, so it stays in cache for the product with the bins):
+        the temporaries are one H x W x K image plus one band, whatever the
+        batch size.
         """
         feats = [torch.cat((p, c.unsqueeze(1).expand_as(p)), dim=-1) for c, p in levels]
         scores = self.fc(torch.cat(feats, dim=-1))  # N x P x K
-        n, h, w = scores.shape[0], grid[0], grid[1]
+        n, (h, w), k = scores.shape[0], grid, scores.shape[-1]
         # A permuted view of N x h x w x K is a channels-last N x K x h x w tensor;
         # interpolate keeps that memory format for its output.
-        maps = scores.reshape(n, h, w, -1).permute(0, 3, 1, 2)
-        depth = []
+        maps = scores.reshape(n, h, w, k).permute(0, 3, 1, 2)
+        rows = max(1, _BAND_BYTES // (out_size[1] * k * scores.element_size()))
+        bands = []
         for i in range(n):
             up = F.interpolate(maps[i : i + 1], size=out_size, mode="bilinear", align_corners=False)
-            depth.append(up.permute(0, 2, 3, 1).softmax(dim=-1) @ self.bins)
-        return torch.cat(depth) if depth else scores.new_zeros((0, *out_size))
+            up = up.permute(0, 2, 3, 1)[0]  # H x W x K, contiguous
+            bands += [up[r : r + rows].softmax(dim=-1) @ self.bins for r in range(0, out_size[0], rows)]
+        if not bands:
+            return scores.new_zeros((0, *out_size))
+        return torch.cat(bands).reshape(n, *out_size)
