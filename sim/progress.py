@@ -64,7 +64,7 @@ class SimProgress:
 
     def _log(self, text: str) -> None:
         wall = time.monotonic() - self._t0
-        self.stream.write(f"{self.desc}: {text} ({wall:.0f} s wall)\n")
+        self.stream.write(f"{self.desc}: {text}, {wall:.0f} s wall\n")
         self.stream.flush()
         self._last_line = time.monotonic()
 

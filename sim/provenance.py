@@ -4,7 +4,8 @@ Every input file is identified by its sha256, so two run folders can be
 compared without trusting file names: the package version and git commit
 (when the code runs from a checkout), the model weights (live mode), the
 benchmark table (replay mode), each link's trace, the scenario file and the
-scenario as run (overrides applied), the seed and the timing profile.
+scenario as run (overrides applied), the seed, the timing profile and the
+trained files of any learned codec the nodes use.
 """
 from __future__ import annotations
 
@@ -81,6 +82,18 @@ def model_weights(name: str) -> dict[str, Any]:
     return {"name": name, "files": [_file_entry(p) for p in files]}
 
 
+def codec_weights(codecs: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The trained files of the learned codecs among ``codecs`` (block codecs have none)."""
+    from cfqa_core.codecs.learned import WEIGHTS_DIR
+
+    out = {}
+    for name in codecs:
+        folder = WEIGHTS_DIR / name
+        if folder.is_dir():
+            out[name] = [_file_entry(p) for p in sorted(folder.rglob("*")) if p.is_file()]
+    return out
+
+
 def provenance(loaded: LoadedScenario) -> dict[str, Any]:
     """The provenance block of a run's ``summary.json``."""
     from sim.traces import find_trace
@@ -108,6 +121,9 @@ def provenance(loaded: LoadedScenario) -> dict[str, Any]:
     }
     if s.mode == "live":
         out["model"] = model_weights(s.live.model if s.live else "embedded")
+    learned = codec_weights(sorted({g.codec for g in s.nodes}))
+    if learned:
+        out["codec_weights"] = learned
     if s.replay is not None:
         out["replay_table"] = _file_entry(loaded.resolve(("replay", "table"), s.replay.table))
     return out

@@ -137,3 +137,23 @@ def test_progress_bar_on_a_terminal_counts_whole_seconds():
     text = stream.getvalue()
     assert "30/30 sim s" in text and "<-" not in text
     assert not re.search(r"\d\.\d+/30", text)  # no fractional counts
+
+
+def test_provenance_of_a_live_scenario_hashes_the_model_weights():
+    from cfqa_core.models.zoo import EMBEDDED_DIR
+    from sim.provenance import provenance
+    from sim.scenario import REPO_ROOT, load_scenario
+
+    loaded = load_scenario(REPO_ROOT / "scenarios" / "default.yaml", ["nodes.0.codec=hyperprior-cls"])
+    prov = provenance(loaded)
+    weights = EMBEDDED_DIR / "model.safetensors"
+    assert prov["model"]["name"] == "embedded"
+    assert [f["sha256"] for f in prov["model"]["files"]] == [sha256(weights)]
+    assert prov["traces"]["lte"]["sha256"] == sha256(LTE)
+    assert prov["scenario_file"]["sha256"] == sha256(REPO_ROOT / "scenarios" / "default.yaml")
+    codec_files = {Path(f["path"]).name: f["sha256"] for f in prov["codec_weights"]["hyperprior-cls"]}
+    assert "codec.json" in codec_files and len(codec_files) >= 2
+    # the overrides change the scenario as run, not the file's hash
+    plain = provenance(load_scenario(REPO_ROOT / "scenarios" / "default.yaml"))
+    assert plain["scenario_as_run_sha256"] != prov["scenario_as_run_sha256"]
+    assert plain["scenario_file"] == prov["scenario_file"] and "codec_weights" not in plain
