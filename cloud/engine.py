@@ -202,7 +202,9 @@ class InferenceEngine:
                 raise CodecError(f"{p.task} payload: {exc}") from None
             except CfqaError:
                 raise
-            except Exception as exc:  # a decoder library choking on garbage
+            except BaseException as exc:  # a decoder library choking on garbage; native panics are BaseException
+                if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+                    raise
                 raise CodecError(f"{p.task} payload: corrupt {p.encoded.codec} bitstream ({exc})") from None
             want = tuple(p.encoded.meta["shape"])
             if feature.shape != want or not np.isfinite(feature).all():
