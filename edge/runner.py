@@ -1,10 +1,13 @@
 """The edge loop: image -> features up to the split -> rate-controlled encoding -> cloud.
 
-A capture thread (the caller's) extracts and encodes each image and queues
-the request (:mod:`edge.spool`); sender threads deliver the queue to the cloud
-(:mod:`edge.client`), retrying transient failures until a frame is older than
-``max_age_s``. Every frame ends as exactly one JSON line, ``"status":
-"delivered"`` or ``"status": "dropped"`` with a ``reason``.
+A capture thread (the caller's) extracts and encodes each image and writes
+the request to the write-ahead spool (:mod:`edge.spool`) under a frame id
+derived from the image (:func:`frame_id_of`); sender threads deliver the
+queue to the cloud (:mod:`edge.client`), retrying transient failures until a
+frame is older than ``max_age_s``. Every frame ends as exactly one JSON line,
+``"status": "delivered"`` or ``"status": "dropped"`` with a ``reason``, and
+leaves the spool only after that line is written; a run that is killed is
+resumed by the next run with the same spool and output.
 
 Rate control is a policy object (the seam for adaptive policies)::
 
