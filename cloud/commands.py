@@ -62,7 +62,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="frames admitted at once, queued or computing, before RESOURCE_EXHAUSTED (default 16)")
     s.add_argument("--max-queue-delay", type=_seconds, default=2.0,
                    help="longest a frame waits for a compute slot before RESOURCE_EXHAUSTED (default 2 s)")
-    s.add_argument("--compute-slots", type=_count, default=1, help="frames decoding/computing at once")
+    s.add_argument("--compute-slots", type=_count, default=None,
+                   help="frames decoding/computing at once (default: max-batch-size x batch-workers)")
+    s.add_argument("--max-batch-size", type=_count, default=1,
+                   help="frames of the same model, split and task set computed together (default 1: no batching)")
+    s.add_argument("--max-batch-delay-ms", type=float, default=2.0,
+                   help="longest the first frame of a batch waits for others (default 2 ms)")
+    s.add_argument("--batch-workers", type=_count, default=1, help="batches computed at once (default 1)")
     s.add_argument("--max-streams", type=_count, default=128, help="InferStream calls open at once")
     s.add_argument("--max-streams-per-peer", type=_count, default=16, help="InferStream calls per client address")
     s.add_argument("--stream-idle", type=_seconds, default=60.0,
@@ -128,7 +134,9 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         port=args.port, host=args.host, models=tuple(args.model or ("embedded",)), token=token,
         tls_cert=args.tls_cert, tls_key=args.tls_key, max_queue=args.max_queue,
-        max_queue_delay_s=args.max_queue_delay, compute_slots=args.compute_slots, max_streams=args.max_streams,
+        max_queue_delay_s=args.max_queue_delay, compute_slots=args.compute_slots or None,
+        max_batch_size=max(1, args.max_batch_size), max_batch_delay_s=args.max_batch_delay_ms / 1e3,
+        batch_workers=max(1, args.batch_workers), max_streams=args.max_streams,
         max_streams_per_peer=args.max_streams_per_peer, stream_idle_s=args.stream_idle,
         auth_max_failures=max(1, args.auth_max_failures), max_message_mb=args.max_message_mb, grace_s=args.grace,
         server_id=args.server_id, torch_threads=args.torch_threads, reflection=args.reflection,

@@ -58,8 +58,11 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_queue: int = 16
-    compute_slots: int = 1
+    compute_slots: int | None = None  # default: max_batch_size x batch_workers (1 without batching)
     max_queue_delay_s: float = 2.0
+    max_batch_size: int = 1  # > 1: dynamic batching in the engine (cloud.batching)
+    max_batch_delay_s: float = 0.002
+    batch_workers: int = 1
     max_streams: int = 128
     max_streams_per_peer: int = 16
     stream_idle_s: float = 60.0
@@ -84,6 +87,14 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.max_concurrent is not None:
             self.max_queue = self.max_concurrent
+        if not 1 <= self.max_batch_size <= 1024 or not 1 <= self.batch_workers <= 64:
+            raise DataError(f"max-batch-size must be in 1..1024 and batch-workers in 1..64, got "
+                            f"{self.max_batch_size} and {self.batch_workers}")
+        if not 0 <= self.max_batch_delay_s <= 1.0:  # also refuses NaN
+            raise DataError(f"max-batch-delay must be in 0..1 s, got {self.max_batch_delay_s}")
+        if self.compute_slots is None:
+            # A batch forms only from frames that hold a compute slot at the same time.
+            self.compute_slots = self.max_batch_size * self.batch_workers
         if not 0 <= self.port <= 65535:
             raise DataError(f"port must be in 0..65535, got {self.port}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
@@ -285,7 +296,9 @@ def start_server(config: ServerConfig, engine: InferenceEngine | None = None) ->
         import torch
 
         torch.set_num_threads(config.torch_threads)
-    engine = engine or InferenceEngine.from_specs(config.models)
+    engine = engine or InferenceEngine.from_specs(
+        config.models, max_batch_size=config.max_batch_size, max_batch_delay_s=config.max_batch_delay_s,
+        batch_workers=config.batch_workers)
     metrics = CloudMetrics()
     interceptors = []
     if config.token:
@@ -390,4 +403,7 @@ def serve(config: ServerConfig, ready: Callable[[RunningServer], None] | None = 
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+    close = getattr(running.servicer.engine, "close", None)
+    if close is not None:
+        close()  # batching threads
     return 0

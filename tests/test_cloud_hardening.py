@@ -456,3 +456,24 @@ def test_response_cache_is_bounded_in_entries_and_bytes() -> None:
     assert cache.claim(("n", 4), b"other request", 1.0) is None  # same id, other bytes: recompute
     cache.finish(("n", 4), b"other request", None)
     assert cache.claim(("n", 0), b"d", 1.0) is None  # evicted
+
+
+def test_batching_server_gives_a_batch_its_compute_slots(model, hevc_payload) -> None:
+    """With --max-batch-size 4 the queue lets four frames into the engine at once, so they share a batch."""
+    from cloud.engine import InferenceEngine
+
+    engine = InferenceEngine({model.meta.name: model}, max_batch_size=4, max_batch_delay_s=0.5)
+    config = ServerConfig(port=0, max_batch_size=4, max_batch_delay_s=0.5)
+    assert config.compute_slots == 4
+    running = start_server(config, engine=engine)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            stub = pb_grpc.SplitInferenceStub(ch)
+            futures = [stub.Infer.future(request(model, hevc_payload, frame_id=500 + i), timeout=30) for i in range(4)]
+            answers = [f.result() for f in futures]
+        assert [a.frame_id for a in answers] == [500, 501, 502, 503] and all(a.results[0].top_k for a in answers)
+        stats = engine.batch_stats()
+        assert stats["items"] == 4 and stats["batches"] < 4
+    finally:
+        running.stop(0).wait()
+        engine.close()
