@@ -40,7 +40,7 @@ def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
 
 
 def _file_entry(path: Path) -> dict[str, Any]:
-    return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    return {"path": str(Path(path).resolve()), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def package_version() -> str | None:
