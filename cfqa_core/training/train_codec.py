@@ -322,7 +322,7 @@ def train_shipped(
 def _command(tr: dict[str, Any]) -> str:
     """The ``cfqa train-codec --shipped`` line that reproduces a training config."""
     defaults = asdict(CodecTrainConfig())
-    parts = ["cfqa train-codec --shipped"]
+    parts = ["cfqa train-codec --shipped --out cfqa_core/weights/codecs"]  # without --out: the user's data folder
     for key in ("steps", "batch", "lr", "n_train", "n_val", "model", "seed"):
         if tr.get(key) != defaults[key]:
             parts.append(f"--{key.replace('_', '-')} {tr[key]}")
