@@ -73,6 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-streams-per-peer", type=_count, default=16, help="InferStream calls per client address")
     s.add_argument("--stream-idle", type=_seconds, default=60.0,
                    help="close a stream after this many seconds without a frame (default 60)")
+    s.add_argument("--idempotency-cache", type=_count, default=4096,
+                   help="answers kept to repeat for a resent (node_id, frame_id); 0 turns it off (default 4096)")
     s.add_argument("--auth-max-failures", type=_count, default=10,
                    help="failed authentications per client address per minute before it is locked out")
     s.add_argument("--workers", type=_count, default=None, help=argparse.SUPPRESS)  # earlier name; no effect
@@ -141,7 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
         auth_max_failures=max(1, args.auth_max_failures), max_message_mb=args.max_message_mb, grace_s=args.grace,
         server_id=args.server_id, torch_threads=args.torch_threads, reflection=args.reflection,
         metrics_port=args.metrics_port, metrics_host=args.metrics_bind,
-        allow_plaintext_token=args.allow_plaintext_token,
+        allow_plaintext_token=args.allow_plaintext_token, cache_entries=args.idempotency_cache,
     )
 
     def ready(running) -> None:

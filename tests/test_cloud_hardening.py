@@ -477,3 +477,26 @@ def test_batching_server_gives_a_batch_its_compute_slots(model, hevc_payload) ->
     finally:
         running.stop(0).wait()
         engine.close()
+
+
+def test_tls_key_of_another_certificate_is_a_clear_error(engine, tmp_path) -> None:
+    from cloud.testing import self_signed_cert
+
+    cert, _ = self_signed_cert(tmp_path / "a")
+    _, other_key = self_signed_cert(tmp_path / "b")
+    with pytest.raises(DataError, match="do not form a usable pair"):
+        start_server(ServerConfig(port=0, tls_cert=cert, tls_key=other_key), engine=engine)
+
+
+def test_idempotency_cache_can_be_turned_off(engine, model, hevc_payload) -> None:
+    running = start_server(ServerConfig(port=0, cache_entries=0), engine=engine)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            stub = pb_grpc.SplitInferenceStub(ch)
+            before = engine.frames_computed
+            req = request(model, hevc_payload, frame_id=600)
+            stub.Infer(req, timeout=30)
+            stub.Infer(req, timeout=30)
+            assert engine.frames_computed == before + 2 and running.servicer.stats["replayed"] == 0
+    finally:
+        running.stop(0).wait()
