@@ -14,12 +14,21 @@ stretches tails, the same check with p99s on the right is reported beside it.
 Higher concurrency is reported for throughput; its latency includes queueing
 behind other clients by construction.
 
+Against a bare grpcio echo server (``--echo``, default on): a plain
+``grpc.server`` in its own process whose one generic method returns the
+request bytes, no interceptors, no protobuf. One client runs rounds of (our
+Ping, bare echo of an empty message, our Infer, bare echo of the Infer
+request's bytes, the engine alone), interleaved; reported are the ratios
+Ping / empty echo and (Infer - engine alone) / request-sized echo: what the
+project's transport costs over grpcio itself.
+
 Writes benchmarks/results/grpc.json and grpc.md. Run niced, e.g.
 ``OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_grpc.py``.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -40,6 +49,18 @@ from proto import cfqa_v1_pb2 as pb  # noqa: E402
 from proto.convert import load_codecs, payload_from_encoded  # noqa: E402
 
 TARGET_FACTOR = 2.0
+
+
+_FRAME_IDS = itertools.count(1_000_000)
+
+
+def _unique(req: pb.InferRequest) -> pb.InferRequest:
+    """A copy with a frame id never sent before: the server answers a repeated (node, frame) from its
+    reply cache, which would time the cache instead of the work."""
+    out = pb.InferRequest()
+    out.CopyFrom(req)
+    out.frame_id = next(_FRAME_IDS)
+    return out
 
 
 def _pct(values, q: float) -> float:
@@ -112,7 +133,9 @@ def run_level(target: str, clients: int, per_client: int, requests, call: str) -
                 if call == "ping":
                     client.ping()
                 else:
-                    resp = client.infer(requests[(k * per_client + j) % len(requests)])
+                    req = _unique(requests[(k * per_client + j) % len(requests)])
+                    t0 = time.perf_counter()
+                    resp = client.infer(req)
                     t = resp.timings
                     srv.append((t.queue_ms, t.decode_ms, t.compute_ms))
             except Exception as exc:  # recorded, the run goes on
@@ -153,8 +176,9 @@ def interleaved(target: str, engine, engine_requests, requests, rounds: int) -> 
     with CloudClient([target], timeout_s=120) as client:
         client.ping(timeout=60, wait_for_ready=True)
         for i in tqdm(range(rounds), desc="interleaved", leave=False):
+            req = _unique(requests[i % len(requests)])
             t0 = time.perf_counter()
-            client.infer(requests[i % len(requests)])
+            client.infer(req)
             t1 = time.perf_counter()
             client.ping()
             t2 = time.perf_counter()
@@ -168,6 +192,74 @@ def interleaved(target: str, engine, engine_requests, requests, rounds: int) -> 
     return {"rounds": rounds,
             **{f"{name}_ms_p{q}": _pct(v, q) for name, v in (("real", real), ("floor", floor), ("alone", alone))
                for q in (50, 99)}}
+
+
+ECHO_SERVER = """
+import sys
+from concurrent import futures
+import grpc
+
+def echo(request, context):
+    return request
+
+handler = grpc.method_handlers_generic_handler(
+    "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+server.add_generic_rpc_handlers((handler,))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print(f"echo on port {port}", flush=True)
+sys.stdin.read()
+server.stop(0)
+"""
+
+
+class EchoServer:
+    """A bare grpcio echo server in a child process (``/bench.Echo/Echo`` returns the request bytes)."""
+
+    def __enter__(self) -> EchoServer:
+        import subprocess
+
+        self.proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        line = self.proc.stdout.readline()
+        self.target = f"127.0.0.1:{int(line.split()[-1])}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def echo_interleaved(target: str, echo_target: str, engine, engine_requests, requests, rounds: int) -> dict:
+    """One client, rounds of (Ping, empty echo, Infer, request-sized echo, engine alone)."""
+    import grpc
+
+    from edge.client import CloudClient
+
+    checked = [engine.validate(r) for r in engine_requests]
+    payloads = [r.SerializeToString() for r in requests]
+    times: dict[str, list[float]] = {k: [] for k in ("ping", "echo_empty", "infer", "echo_request", "alone")}
+    with CloudClient([target], timeout_s=120) as client, grpc.insecure_channel(echo_target) as chan:
+        echo = chan.unary_unary("/bench.Echo/Echo")
+        client.ping(timeout=60, wait_for_ready=True)
+        echo(b"", timeout=60, wait_for_ready=True)
+        for i in tqdm(range(rounds), desc="echo", leave=False):
+            k = i % len(requests)
+            req = _unique(requests[k])
+            steps = (("ping", client.ping), ("echo_empty", lambda: echo(b"")),
+                     ("infer", lambda: client.infer(req)), ("echo_request", lambda: echo(payloads[k])),
+                     ("alone", lambda: engine.compute(checked[k % len(checked)],
+                                                      engine.decode(checked[k % len(checked)]))))
+            for name, fn in steps:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(1e3 * (time.perf_counter() - t0))
+    p50 = {k: _pct(v, 50) for k, v in times.items()}
+    return {"rounds": rounds, "request_bytes": len(payloads[0]),
+            **{f"{k}_ms_p50": v for k, v in p50.items()}, **{f"{k}_ms_p99": _pct(v, 99) for k, v in times.items()},
+            "ping_over_echo": p50["ping"] / p50["echo_empty"],
+            "infer_transport_over_echo": (p50["infer"] - p50["alone"]) / p50["echo_request"]}
 
 
 def target_of(inter: dict) -> dict:
@@ -227,6 +319,24 @@ def write_markdown(path: Path, result: dict) -> None:
         "(server queue column); throughput is what scales.",
         "",
     ]
+    e = result.get("echo")
+    if e:
+        lines += [
+            f"## Against a bare grpcio echo server ({e['rounds']} interleaved rounds, one client)",
+            "",
+            "| call | p50 ms | p99 ms |",
+            "|---|---:|---:|",
+            f"| our Ping | {e['ping_ms_p50']:.3f} | {e['ping_ms_p99']:.3f} |",
+            f"| bare echo, empty message | {e['echo_empty_ms_p50']:.3f} | {e['echo_empty_ms_p99']:.3f} |",
+            f"| our Infer | {e['infer_ms_p50']:.3f} | {e['infer_ms_p99']:.3f} |",
+            f"| bare echo, the Infer request's {e['request_bytes']} bytes | {e['echo_request_ms_p50']:.3f} | "
+            f"{e['echo_request_ms_p99']:.3f} |",
+            f"| engine alone (decode + compute, no RPC) | {e['alone_ms_p50']:.3f} | {e['alone_ms_p99']:.3f} |",
+            "",
+            f"- our Ping / bare empty echo (p50): **{e['ping_over_echo']:.2f}x**;",
+            f"- (our Infer - engine alone) / bare request-sized echo (p50): **{e['infer_transport_over_echo']:.2f}x**.",
+            "",
+        ]
     path.write_text("\n".join(lines))
 
 
@@ -242,6 +352,9 @@ def main(argv=None) -> int:
     p.add_argument("--alone", type=int, default=40, help="repetitions of the engine timed alone")
     p.add_argument("--rounds", type=int, default=100, help="interleaved rounds of the latency target")
     p.add_argument("--server-arg", action="append", default=[], help="extra 'cfqa cloud serve' argument")
+    p.add_argument("--echo", action=argparse.BooleanOptionalAction, default=True,
+                   help="also compare against a bare grpcio echo server")
+    p.add_argument("--echo-rounds", type=int, default=100)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "grpc"))
     args = p.parse_args(argv)
 
@@ -261,6 +374,11 @@ def main(argv=None) -> int:
             floor = run_level(srv.target, clients, max(1, args.floor_calls // clients), requests, "ping")
             infer = run_level(srv.target, clients, max(1, args.calls // clients), requests, "infer")
             results.append({"clients": clients, "floor": floor, "infer": infer})
+        echo = None
+        if args.echo:
+            with EchoServer() as bare:
+                echo = echo_interleaved(srv.target, bare.target, engine, engine_requests, requests,
+                                        args.echo_rounds)
     target = target_of(inter)
     result = {
         "config": {"model": spec, "model_version": str(model.meta.version), "task": args.task, "split": args.split,
@@ -269,6 +387,9 @@ def main(argv=None) -> int:
                     "loadavg_end": os.getloadavg()[0]},
         "alone": alone, "interleaved": inter, "levels": results, "target": target,
     }
+    if echo:
+        result["echo"] = echo
+        result["machine"]["note"] = "shared machine: other processes ran alongside"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
