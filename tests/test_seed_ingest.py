@@ -201,7 +201,8 @@ def test_cli_from_seed_json_matches_scipy(seed_root, tmp_path, capsys):
             assert data[key]["srocc"] == pytest.approx(np.mean(ss), abs=1e-12)
     assert json.loads((out / "ingest.json").read_text())["rows"] == len(table)
     report = json.loads((out / "report.json").read_text())
-    assert {v["key"] for v in report["verdicts"]} == {"cosine_best", "handcrafted_vs_learned", "seg_hardest"}
+    assert {v["key"] for v in report["verdicts"]} == {"cosine_best", "handcrafted_vs_learned", "seg_hardest",
+                                                      "hevc_vs_vvc", "low_rate", "varies"}
 
 
 def test_cli_from_seed_report(seed_root, capsys):
@@ -209,11 +210,11 @@ def test_cli_from_seed_report(seed_root, capsys):
                  "--metrics", "mse,cosine,cka,seed_cka"])
     stdout, err = capsys.readouterr()
     assert code == 0, err
-    assert stdout.startswith("| **Codec** | **Task** | **MSE PLCC**")
+    assert stdout.startswith("- Table: seed ladder, 2 cls, 2 dpt originals") and "| **Codec** | **Task** | **n** |" in stdout
     out = seed_root / "cfqa_bench"
     md = (out / "report.md").read_text()
     assert "| **hm** | Cls |" in md and "| **hm** | Dpt |" in md and "Seg |" not in md
-    assert "hand-crafted codecs are more predictable than learned ones (higher mean PLCC)**: **not testable**" in md
+    assert "| hand-crafted codecs are more predictable than learned ones (higher mean PLCC) | **not testable** |" in md
     assert (out / "plots" / "plcc_hist.png").is_file()
     assert not (out / "plots" / "rate_accuracy.png").exists()  # no bytes in the release
 

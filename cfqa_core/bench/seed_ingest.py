@@ -352,6 +352,9 @@ def ingest_seed(root: str | Path, metrics: Sequence[str], *, tasks: Sequence[str
         frames.append(frame)
     bar.close()
     table = pd.concat(frames, ignore_index=True)
+    for c in BASE_COLUMNS:
+        if c not in table.columns:  # a column the released data does not record (e.g. output_change)
+            table[c] = np.nan
     return table[[*BASE_COLUMNS, *[c for c in table.columns if c not in BASE_COLUMNS]]]
 
 
