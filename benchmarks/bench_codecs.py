@@ -18,6 +18,14 @@ processes), which contention does not inflate. Target: <= 10 %.
 ``--calibrate-av1`` measures the MSE of AV1 quantizers 1..16 against HEVC QP
 2..20 on the dpt shape (how the ``av1`` ladder was chosen).
 
+Encoder threads (``--threads``; ``--threads-only`` runs just this section and
+updates the existing results): the encoders' default thread pools
+(``threads=None``) against one thread per encode (``threads=1``: x265
+``pools=1:frame-threads=1``, vvenc ``-threads 1``, the codecs' default), with
+``--parallel`` encodes at once in separate processes as the dataset build
+runs them; wall time per encode over the whole batch, CPU time per encode,
+and whether every bitstream is identical.
+
 Writes benchmarks/results/codecs.json and codecs.md. Run niced, e.g.
 ``OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_codecs.py``.
 """
@@ -157,6 +165,62 @@ def overhead_rows(codecs, tasks, qp, repeat, progress) -> list[dict]:
     return rows
 
 
+def _make_threaded(name: str, threads: int | None):
+    from cfqa_core.codecs.hevc import HevcCodec
+    from cfqa_core.codecs.vvc import VvcCodec
+
+    return {"hevc": HevcCodec, "hevc-x265": HevcX265CliCodec, "vvc": VvcCodec}[name](threads=threads)
+
+
+def _thread_job(job: tuple[str, int | None, str, int, int]) -> tuple[float, list[str]]:
+    """(CPU seconds, bitstream digests) of ``n`` encodes in this worker process."""
+    import hashlib
+
+    name, threads, task, qp, n = job
+    codec = _make_threaded(name, threads)
+    x = synthetic_feature(EMBEDDED_SHAPES[task], seed=2)
+    vr = feature_range(x)
+    c0 = _cpu_seconds()
+    digests = [hashlib.sha256(codec.encode(x, qp, value_range=vr).bitstream).hexdigest() for _ in range(n)]
+    return _cpu_seconds() - c0, digests
+
+
+def thread_rows(codecs, tasks, qp, parallel, per_worker, rounds, progress) -> list[dict]:
+    """Default encoder thread pools vs one thread per encode, ``parallel`` encoding processes at once."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    rows = []
+    variants = {"encoder default": None, "one thread": 1}
+    with ProcessPoolExecutor(parallel) as pool:
+        for name in codecs:
+            for task in tasks:
+                walls = {v: [] for v in variants}
+                cpus = {v: [] for v in variants}
+                digests: dict[str, set[str]] = {v: set() for v in variants}
+                for v, t in variants.items():  # warm-up: imports, page cache
+                    list(pool.map(_thread_job, [(name, t, task, qp, 1)] * parallel))
+                for _ in range(rounds):  # interleaved
+                    for v, t in variants.items():
+                        t0 = time.perf_counter()
+                        out = list(pool.map(_thread_job, [(name, t, task, qp, per_worker)] * parallel))
+                        walls[v].append((time.perf_counter() - t0) / (parallel * per_worker))
+                        cpus[v].append(sum(c for c, _ in out) / (parallel * per_worker))
+                        for _, d in out:
+                            digests[v].update(d)
+                base, one = variants
+                wb, wo = statistics.median(walls[base]), statistics.median(walls[one])
+                cb, co = statistics.median(cpus[base]), statistics.median(cpus[one])
+                rows.append({
+                    "codec": name, "task": task, "qp": qp, "parallel": parallel, "per_worker": per_worker,
+                    "rounds": rounds, "default_wall_ms": round(1e3 * wb, 2), "one_thread_wall_ms": round(1e3 * wo, 2),
+                    "wall_ratio": round(wo / wb, 4), "default_cpu_ms": round(1e3 * cb, 2),
+                    "one_thread_cpu_ms": round(1e3 * co, 2), "cpu_ratio": round(co / cb, 4),
+                    "identical_bytes": len(digests[base] | digests[one]) == 1,
+                })
+                progress.update(1)
+    return rows
+
+
 def calibrate_av1(progress) -> dict:
     x = synthetic_feature(EMBEDDED_SHAPES["dpt"], seed=3)
     vr = feature_range(x)
@@ -207,8 +271,24 @@ def write_markdown(path: Path, result: dict) -> None:
         lines += ["", "## AV1 quantizer matching HEVC QP (equal MSE, dpt shape)", "",
                   "| HEVC QP | HEVC MSE | AV1 q | AV1 MSE |", "|---|---|---|---|"]
         for qp, q in cal["av1_q_matching_hevc_qp"].items():
-            lines.append(f"| {qp} | {cal['points']['hevc'][qp]['mse']:.4g} | {q} | "
-                         f"{cal['points']['av1'][q]['mse']:.4g} |")
+            # Keys are ints when fresh and strings when read back from codecs.json (--threads-only).
+            hevc_pt = cal["points"]["hevc"].get(qp, cal["points"]["hevc"].get(str(qp)))
+            av1_pt = cal["points"]["av1"].get(q, cal["points"]["av1"].get(str(q)))
+            lines.append(f"| {qp} | {hevc_pt['mse']:.4g} | {q} | {av1_pt['mse']:.4g} |")
+    if result.get("threads"):
+        th = result["threads"]
+        lines += ["", "## Encoder threads: the encoder's default pool vs one thread per encode", "",
+                  f"{th[0]['parallel']} encoding processes at once (as the dataset build runs them), "
+                  f"{th[0]['per_worker']} encodes each per round, {th[0]['rounds']} interleaved rounds; wall = "
+                  "batch wall time / encodes; CPU = CPU time of all threads and child processes per encode. "
+                  f"Load average {result.get('threads_loadavg', '?')} at the start (shared machine).", "",
+                  "| codec | task | QP | default wall ms | one-thread wall ms | ratio | default CPU ms "
+                  "| one-thread CPU ms | ratio | identical bytes |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+        for r in th:
+            lines.append(f"| {r['codec']} | {r['task']} | {r['qp']} | {r['default_wall_ms']:.1f} | "
+                         f"{r['one_thread_wall_ms']:.1f} | **{r['wall_ratio']:.3f}** | {r['default_cpu_ms']:.1f} | "
+                         f"{r['one_thread_cpu_ms']:.1f} | **{r['cpu_ratio']:.3f}** | "
+                         f"{'yes' if r['identical_bytes'] else 'NO'} |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -223,7 +303,30 @@ def main(argv=None) -> int:
     ap.add_argument("--paper", action="store_true", help="also time hevc on the paper's ViT-g shapes")
     ap.add_argument("--calibrate-av1", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--threads", action=argparse.BooleanOptionalAction, default=True,
+                    help="time the encoders' default thread pools against one thread per encode")
+    ap.add_argument("--threads-only", action="store_true",
+                    help="run only the encoder-threads section and update the existing codecs.json/.md")
+    ap.add_argument("--parallel", type=int, default=os.cpu_count() or 2,
+                    help="encoding processes at once in the threads section (default: one per core)")
+    ap.add_argument("--threads-repeat", type=int, default=3, help="encodes per process per round")
+    ap.add_argument("--threads-rounds", type=int, default=3)
     args = ap.parse_args(argv)
+    threaded = [c for c in ("hevc", "hevc-x265", "vvc") if c in args.codecs.split(",")]
+    if args.threads_only:
+        out = Path(args.out)
+        result = json.loads((out / "codecs.json").read_text())
+        usable = [c for c in threaded if get_codec(c).availability()[0]]
+        result["threads_loadavg"] = [round(v, 2) for v in os.getloadavg()]
+        with tqdm(total=len(usable) * len(args.tasks.split(",")), desc="encoder threads", unit="case") as bar:
+            result["threads"] = thread_rows(usable, args.tasks.split(","), args.overhead_qp, args.parallel,
+                                            args.threads_repeat, args.threads_rounds, bar)
+        (out / "codecs.json").write_text(json.dumps(result, indent=2) + "\n")
+        write_markdown(out / "codecs.md", result)
+        for r in result["threads"]:
+            print(f"threads {r['codec']:10s} {r['task']}: wall x{r['wall_ratio']:.3f}, CPU x{r['cpu_ratio']:.3f}, "
+                  f"identical bytes: {r['identical_bytes']}")
+        return 0
 
     available, skipped = [], {}
     for name in args.codecs.split(","):
@@ -249,6 +352,12 @@ def main(argv=None) -> int:
         result["overhead"] = overhead_rows(over, tasks, args.overhead_qp, args.overhead_repeat, progress)
         if args.calibrate_av1 and {"hevc", "av1"} <= set(available):
             result["calibration"] = calibrate_av1(progress)
+    if args.threads:
+        usable = [c for c in threaded if c in available]
+        result["threads_loadavg"] = [round(v, 2) for v in os.getloadavg()]
+        with tqdm(total=len(usable) * len(tasks), desc="encoder threads", unit="case") as bar:
+            result["threads"] = thread_rows(usable, tasks, args.overhead_qp, args.parallel, args.threads_repeat,
+                                            args.threads_rounds, bar)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "codecs.json").write_text(json.dumps(result, indent=2) + "\n")
