@@ -266,3 +266,27 @@ def test_cli_errors_are_one_line(tmp_path, capsys, argv, needle):
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cfqa bench: error: ") and needle in lines[0], err
+
+
+def test_cli_paper_table_side_by_side(tmp_path, capsys):
+    for name, ladder, seed in (("op", "operating", 0), ("paper", "paper", 1)):
+        (tmp_path / name).mkdir()
+        write_table(tmp_path / name / "table.parquet", make_table(images=4, tasks=("cls", "seg"), seed=seed))
+        (tmp_path / name / "build.json").write_text(json.dumps({"config": {"ladder": ladder}}))
+    code, out, err = run(capsys, "bench", "--table", str(tmp_path / "op"), "--paper-table", str(tmp_path / "paper"),
+                         "--metrics", "mse,cosine", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert set(data) == {"table", "paper_table"}
+    assert data["table"]["hevc/seg/cosine"]["plcc"] != data["paper_table"]["hevc/seg/cosine"]["plcc"]
+    assert data["paper_table"]["hyper/cls/mse"]["plcc_ci"][0] <= data["paper_table"]["hyper/cls/mse"]["plcc"]
+    code, out, err = run(capsys, "bench", "--table", str(tmp_path / "op"), "--paper-table", str(tmp_path / "paper"),
+                         "--metrics", "mse,cosine", "--out", str(tmp_path / "rep"), "--no-plots")
+    assert code == 0, err
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## PLCC / SROCC on the operating ladder" in md and "## PLCC / SROCC on the paper ladder" in md
+    assert "| Finding | operating ladder | paper ladder |" in md
+    assert "Ladder: hevc 22-42 (5 points); hyper 22-42 (5 points)." in md
+    assert any(line.startswith("- On the paper ladder: cosine's PLCC interval excludes 0 in") for line in md.splitlines())
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["ladder"] == "operating" and report["paper_ladder"]["ladder"] == "paper"
