@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 
-from cfqa_core.errors import CfqaError
+from cfqa_core.errors import CfqaError, DataError
 from cloud.admission import FrameQueue, Refusal, ResponseCache, StreamRegistry, peer_host
 from cloud.engine import (
     InferenceEngine,
@@ -102,6 +102,8 @@ def parse_request(data: bytes) -> pb.InferRequest:
 
 def request_from_pb(msg: pb.InferRequest) -> InferenceRequest:
     """Wire request -> engine request (DataError on a malformed payload)."""
+    if len(msg.payloads) > len(_TASKS):  # refuse before converting thousands of payloads
+        raise DataError(f"request carries {len(msg.payloads)} payloads; at most one per task ({len(_TASKS)})")
     payloads = [
         TaskPayload(p.task, encoded_from_payload(p), p.metric_score if p.HasField("metric_score") else None)
         for p in msg.payloads

@@ -500,3 +500,11 @@ def test_idempotency_cache_can_be_turned_off(engine, model, hevc_payload) -> Non
             assert engine.frames_computed == before + 2 and running.servicer.stats["replayed"] == 0
     finally:
         running.stop(0).wait()
+
+
+def test_more_payloads_than_tasks_are_refused_before_conversion(model, server, channel, hevc_payload) -> None:
+    req = request(model, hevc_payload)
+    for _ in range(999):
+        req.payloads.add().CopyFrom(hevc_payload)
+    err = infer_error(pb_grpc.SplitInferenceStub(channel), req)
+    assert err.code() == INVALID and "1000 payloads; at most one per task (3)" in err.details()
