@@ -290,3 +290,19 @@ def test_cli_paper_table_side_by_side(tmp_path, capsys):
     assert any(line.startswith("- On the paper ladder: cosine's PLCC interval excludes 0 in") for line in md.splitlines())
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert report["ladder"] == "operating" and report["paper_ladder"]["ladder"] == "paper"
+
+
+def test_learned_column_is_never_reported_in_sample(tmp_path):
+    from cfqa_core.bench.report import learned_loco_markdown
+
+    table = make_table(images=3, tasks=("dpt",), codecs=("hevc",))
+    table["learned"] = table["mse"]  # an in-sample column that would track the distortion as well as MSE
+    rep = build_report(table, None, source="synthetic")
+    assert "learned" not in set(rep.summary["metric"]) and not any(k.endswith("/learned") for k in rep.results)
+    assert "Learned PLCC" not in rep.table_markdown
+    loco = tmp_path / "loco.json"
+    loco.write_text(json.dumps([{"codec": "hevc", "task": "dpt", "n": 3, "learned_plcc": 0.5, "cosine_plcc": 0.25,
+                                 "learned_srocc": 0.4, "cosine_srocc": 0.4}]))
+    md = learned_loco_markdown(loco)
+    assert "| hevc | dpt | 3 | +0.500 | +0.250 | +0.400 | +0.400 |" in md and "PLCC +0.500 vs cosine +0.250" in md
+    assert "No leave-one-codec-out result" in learned_loco_markdown(tmp_path / "missing.json")

@@ -255,6 +255,9 @@ def headline(run: Ladder, paper: Ladder | None = None, fidelity: Ladder | None =
     if run.proxy is not None:
         out.append(f"Task-aware metric against cosine: {run.proxy.status} "
                    f"({'; '.join(c.text() for c in run.proxy.comparisons[:3])}{'; ...' if len(run.proxy.comparisons) > 3 else ''}).")
+    loco = learned_loco_means(_loco_records())
+    if loco:
+        out.append(loco + " (shipped weights; its in-sample table column is not used.)")
     if paper is not None:
         ps = paper.summary
         cos = ps[ps["metric"] == "cosine"]
@@ -292,19 +295,35 @@ def learned_loco_markdown(path: Path | None = None) -> str:
         return note + f"\n\nUnreadable leave-one-codec-out result: {exc}."
     lines = ["| codec | task | n | learned PLCC | cosine PLCC | learned SROCC | cosine SROCC |",
              "|---|---|---|---|---|---|---|"]
-    lp, cp, ls, cs = [], [], [], []
     for r in records:
         vals = [r.get(k) for k in ("learned_plcc", "cosine_plcc", "learned_srocc", "cosine_srocc")]
         lines.append(f"| {r.get('codec')} | {r.get('task')} | {r.get('n')} | "
                      + " | ".join("n/a" if v is None else f"{v:+.3f}" for v in vals) + " |")
-        if all(v is not None for v in vals):
-            for acc, v in zip((lp, cp, ls, cs), vals):
-                acc.append(v)
-    tail = ""
-    if lp:
-        tail = (f"\n\nMean over {len(lp)} codec x task cells (oriented): learned PLCC {np.mean(lp):+.3f} vs cosine "
-                f"{np.mean(cp):+.3f}; SROCC {np.mean(ls):+.3f} vs {np.mean(cs):+.3f}.")
+    means = learned_loco_means(records)
+    tail = f"\n\n{means}" if means else ""
     return note + "\n\n" + "\n".join(lines) + tail
+
+
+def learned_loco_means(records: list[dict]) -> str:
+    """One sentence: the learned metric's mean leave-one-codec-out PLCC/SROCC against cosine's."""
+    keys = ("learned_plcc", "cosine_plcc", "learned_srocc", "cosine_srocc")
+    rows = [[r.get(k) for k in keys] for r in records if all(r.get(k) is not None for k in keys)]
+    if not rows:
+        return ""
+    lp, cp, ls, cs = np.mean(np.array(rows, dtype=np.float64), axis=0)
+    return (f"Learned metric, leave-one-codec-out (mean over {len(rows)} codec x task cells, oriented): "
+            f"PLCC {lp:+.3f} vs cosine {cp:+.3f}; SROCC {ls:+.3f} vs {cs:+.3f}.")
+
+
+def _loco_records(path: Path | None = None) -> list[dict]:
+    if path is None:
+        from cfqa_core.metrics.learned import WEIGHTS_DIR
+
+        path = Path(WEIGHTS_DIR) / "loco.json"
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return []
 
 
 def _short_path(path: Path) -> str:

@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--codecs", help="--from-seed only: comma list of codec folders (default: all)")
     p.add_argument("--tasks", help="--from-seed only: comma list of tasks (default: cls,seg,dpt)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
-    p.add_argument("--json", action="store_true", help="print {codec/task/metric: {plcc, srocc, n}} as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print {codec/task/metric: {plcc, plcc_ci, srocc, srocc_ci, n}} as JSON")
     p.set_defaults(func=_cmd_bench)
 
 
