@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -94,11 +95,16 @@ def run_sweep(
         (str(scenario), [*base_overrides, *p], str(out / "points" / point_slug(p)), report) for p in points
     ]
     rows: list[dict | None] = [None] * len(points)
-    bar = tqdm(total=len(points), unit="point", desc="sweep", disable=not progress)
+    # a bar on a terminal; elsewhere (CI, logs) one line per finished point
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=len(points), unit="point", desc="sweep", disable=not (progress and tty))
 
     def on_done(i: int, summary: dict) -> None:
         rows[i] = summary
         bar.update(1)
+        if progress and not tty:
+            done = sum(r is not None for r in rows)
+            print(f"sweep: {done}/{len(points)} points ({' '.join(points[i]) or 'base'} done)", file=sys.stderr, flush=True)
 
     partial = False
     try:

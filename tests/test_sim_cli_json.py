@@ -157,3 +157,10 @@ def test_provenance_of_a_live_scenario_hashes_the_model_weights():
     plain = provenance(load_scenario(REPO_ROOT / "scenarios" / "default.yaml"))
     assert plain["scenario_as_run_sha256"] != prov["scenario_as_run_sha256"]
     assert plain["scenario_file"] == prov["scenario_file"] and "codec_weights" not in plain
+
+
+def test_sweep_logs_one_line_per_point_without_a_terminal(capsys, scenario, tmp_path):
+    assert main(["sweep", str(scenario), "--grid", "cloud.servers=1,2", "--out", str(tmp_path / "s")]) == 0
+    err = capsys.readouterr().err  # pytest's capture is not a terminal
+    assert "sweep: 1/2 points (cloud.servers=1 done)" in err and "sweep: 2/2 points (cloud.servers=2 done)" in err
+    assert "\r" not in err
