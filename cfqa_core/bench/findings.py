@@ -97,14 +97,20 @@ class Cells:
         self.boot = boot
         self.column = column
         self._groups = {k: g for k, g in per_feature.groupby(["codec", "task", "metric"], sort=True)}
+        self._values = {}
+        for k, g in self._groups.items():
+            v = g[column].to_numpy(np.float64)
+            self._values[k] = v[np.isfinite(v)]
+        self._keys = [k for k, v in self._values.items() if v.size]
         self._cache: dict[tuple, CellSamples] = {}
 
     def keys(self) -> list[tuple[str, str, str]]:
-        return [k for k in self._groups if self.values(k).size]
+        """Cells with at least one defined value."""
+        return list(self._keys)
 
     def values(self, key) -> np.ndarray:
-        v = self._groups[key][self.column].to_numpy(np.float64)
-        return v[np.isfinite(v)]
+        """The cell's defined per-feature values."""
+        return self._values[key]
 
     def samples(self, key) -> CellSamples:
         if key not in self._cache:
@@ -144,7 +150,8 @@ def finding_cosine_best(cells: Cells) -> Verdict:
     comps = []
     for m in others:
         # Only the cells both metrics have, so the difference is not a difference of codec mix.
-        shared = [k for k in cells.keys() if k[2] == "cosine" and (k[0], k[1], m) in cells.keys()]
+        have = set(cells.keys())
+        shared = [k for k in cells.keys() if k[2] == "cosine" and (k[0], k[1], m) in have]
         cos, oth = shared, [(k[0], k[1], m) for k in shared]
         a, pa, na = cells.group(cos)
         b, pb, _ = cells.group(oth)
