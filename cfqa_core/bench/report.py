@@ -40,6 +40,7 @@ DISPLAY = {"mse": "MSE", "psnr": "PSNR", "cosine": "Cosine", "cosine_flat": "Cos
            "cka": "CKA", "cka_seed": "CKA (seed)", PROXY: "Proxy (task-aware)"}
 TASK_DISPLAY = {"cls": "Cls", "seg": "Seg", "dpt": "Dpt"}
 COVERAGE_TARGET = 0.9
+SCATTER_METRICS: tuple[str, ...] = ("cosine", PROXY)
 SHORT_CLAIM = {"cosine_best": "Cosine best and most stable", "handcrafted_vs_learned": "hand-crafted more "
                "predictable than learned", "seg_hardest": "Seg hardest", "hevc_vs_vvc": "HEVC easier than VVC",
                "low_rate": "less reliable at low bitrates", "varies": "varies across codecs and tasks"}
@@ -409,7 +410,9 @@ def _plots(run: Ladder, paper: Ladder | None, fid: Ladder | None, curves, out: P
         add("correlations_fidelity", plots.correlations(
             fid.summary, fid.metrics, out, "correlations_fidelity.png",
             "Fidelity view: how well does each metric track the change of the task output?"))
-    for p in plots.scatter_plots(run.table, run.metrics, out):
+    # Raw data for the reference metric and the task-aware one: every other metric's is in per_feature.csv.
+    shown = [m for m in SCATTER_METRICS if m in run.metrics] or run.metrics[:1]
+    for p in plots.scatter_plots(run.table, shown, out):
         add(p.stem, p)
     return paths
 
