@@ -11,7 +11,8 @@ processes hits both alike; torch on one thread.
 1. the head alone (one request = 2 views);
 2. a whole dpt request's compute as the cloud runs it (``InferenceEngine.compute``:
    remaining blocks after split 4 + norm + head), decoded from a real HEVC payload;
-3. peak memory (``VmHWM``) of a fresh process running 8 threads of dpt compute, each head;
+3. peak memory (``VmHWM``) of a fresh process running 8 threads of dpt compute, each head, and
+   the shipped head behind the engine's dynamic batcher;
 4. (``--server``) peak memory of a ``cfqa cloud serve`` process under 16 clients of dpt calls.
 
 Targets: dpt request compute after/before <= 0.4; server peak RSS under dpt load <= 450 MB.
@@ -134,10 +135,19 @@ def _summary(times: dict[str, list[tuple[float, float]]]) -> dict:
 
 
 def rss_child(side: str, threads: int, calls: int) -> None:
-    """(In a fresh process) ``threads`` threads of dpt compute with one head; print VmHWM before and after."""
+    """(In a fresh process) ``threads`` threads of dpt compute with one head; print VmHWM before and after.
+
+    ``batched``: the shipped head behind the engine's dynamic batcher (8 frames, one worker), the
+    callers decoding and waiting while the worker computes: the forward passes, and so the
+    allocator's per-thread arenas that hold their temporaries, stay on one thread.
+    """
+    from cloud.engine import InferenceEngine
+
     model, engine, _, checked, feats = prepare(2)
     if side == "before":
         model.dpt_head = old_head_of(model)
+    if side == "batched":
+        engine = InferenceEngine({model.meta.name: model}, max_batch_size=8, max_batch_delay_s=0.002)
     engine.compute(checked[0], feats[0])
     base = _vmhwm_mb()
     barrier = threading.Barrier(threads)
@@ -145,7 +155,10 @@ def rss_child(side: str, threads: int, calls: int) -> None:
     def work(k: int) -> None:
         barrier.wait()
         for j in range(calls):
-            engine.compute(checked[(k + j) % len(checked)], feats[(k + j) % len(feats)])
+            if side == "batched":
+                engine.run(checked[(k + j) % len(checked)])
+            else:
+                engine.compute(checked[(k + j) % len(checked)], feats[(k + j) % len(feats)])
 
     ts = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
     for t in ts:
@@ -157,7 +170,7 @@ def rss_child(side: str, threads: int, calls: int) -> None:
 
 def rss_compare(threads: int, calls: int) -> dict:
     out = {}
-    for side in ("before", "after"):
+    for side in ("before", "after", "batched"):
         res = subprocess.run([sys.executable, __file__, "--rss-child", side, "--threads", str(threads),
                               "--calls", str(calls)], check=True, capture_output=True, text=True,
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -204,6 +217,9 @@ def write_markdown(path: Path, r: dict) -> None:
               "| head | idle MB | peak MB |", "|---|---:|---:|",
               f"| before | {s['before']['idle_mb']:.0f} | {s['before']['peak_mb']:.0f} |",
               f"| after | {s['after']['idle_mb']:.0f} | {s['after']['peak_mb']:.0f} |"]
+    if "batched" in s:
+        lines.append(f"| after, behind the engine's batcher (8 frames, 1 worker; callers also decode) | "
+                     f"{s['batched']['idle_mb']:.0f} | {s['batched']['peak_mb']:.0f} |")
     if r.get("server"):
         v = r["server"]
         lines += ["", f"`cfqa cloud serve {v['server_args']}` under {v['clients']} concurrent dpt clients "
@@ -226,7 +242,7 @@ def main(argv=None) -> int:
     ap.add_argument("--server", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--server-clients", type=int, default=16)
     ap.add_argument("--server-calls", type=int, default=64)
-    ap.add_argument("--rss-child", choices=["before", "after"], default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--rss-child", choices=["before", "after", "batched"], default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     if args.rss_child:

@@ -85,9 +85,21 @@ class DepthHead(nn.Module):
         # interpolate keeps that memory format for its output.
         maps = scores.reshape(n, h, w, k).permute(0, 3, 1, 2)
         rows = max(1, _BAND_BYTES // (out_size[1] * k * scores.element_size()))
+        # Without autograd every image is upsampled into one reused buffer: a fresh multi-megabyte
+        # tensor per image is not reliably reused by the C allocator, and the process grew by one
+        # upsampled image per image of the batch.
+        reuse = not (torch.is_grad_enabled() and scores.requires_grad)
+        buf = None
+        if reuse and n:
+            buf = torch.empty((1, k, *out_size), dtype=scores.dtype, device=scores.device,
+                              memory_format=torch.channels_last)
         bands = []
         for i in range(n):
-            up = F.interpolate(maps[i : i + 1], size=out_size, mode="bilinear", align_corners=False)
+            if buf is not None:
+                up = torch.ops.aten.upsample_bilinear2d.out(maps[i : i + 1], list(out_size), False, None, None,
+                                                             out=buf)
+            else:
+                up = F.interpolate(maps[i : i + 1], size=out_size, mode="bilinear", align_corners=False)
             up = up.permute(0, 2, 3, 1)[0]  # H x W x K, contiguous
             bands += [up[r : r + rows].softmax(dim=-1) @ self.bins for r in range(0, out_size[0], rows)]
         if not bands:
