@@ -15,7 +15,8 @@ def _modules_after(code: str, cwd) -> set[str]:
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=cwd,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-2000:]
-    return set(filter(None, run.stdout.strip().splitlines()[-1].split(",")))
+    last = (run.stdout.strip().splitlines() or [""])[-1]
+    return set(filter(None, last.split(",")))
 
 
 def test_building_the_parser_imports_nothing_heavy(tmp_path) -> None:
