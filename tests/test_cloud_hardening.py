@@ -98,7 +98,7 @@ def test_declared_sizes_must_match_the_shape(model, server, channel, hevc_payloa
                                                               setattr(p, "padded_height", h)))
             t0 = time.perf_counter()
             err = infer_error(stub, req)
-            assert err.code() == INVALID and "does not match shape" in err.details(), err.details()
+            assert err.code() == INVALID and "which does not match shape" in err.details(), err.details()
             assert time.perf_counter() - t0 < 5.0
     assert stub.Infer(request(model, learned_payload, frame_id=9), timeout=30).results[0].top_k
 

@@ -79,9 +79,11 @@ def checked_frame_size(meta: dict[str, Any], align: int, min_size: int = 1) -> t
     if pw * ph > MAX_FRAME_SAMPLES:
         raise CodecError(f"feature shape {shape} needs a {pw}x{ph} frame, above {MAX_FRAME_SAMPLES} samples")
     if claimed != (width, height, pw, ph):
+        at_least = f", at least {min_size}" if min_size > align else ""
         raise CodecError(
-            f"frame size {claimed[0]}x{claimed[1]} padded {claimed[2]}x{claimed[3]} does not match shape "
-            f"{shape} (expected {width}x{height} padded {pw}x{ph} at alignment {align})"
+            f"metadata expected {claimed[2]}x{claimed[3]} as the padded frame ({claimed[0]}x{claimed[1]} unpadded), "
+            f"which does not match shape {shape}: {pw}x{ph} ({width}x{height} padded to a multiple of {align}"
+            f"{at_least})"
         )
     return pw, ph
 
