@@ -10,7 +10,7 @@
 * :class:`AuthGuard`: constant-time token check with a per-peer limit on
   failed attempts.
 * :class:`ResponseCache`: answers a repeated ``(node_id, frame_id)`` with the
-  same request bytes from memory instead of recomputing (bounded in entries
+  same request content from memory instead of recomputing (bounded in entries
   and bytes, least recently used first, entries expire).
 """
 from __future__ import annotations
@@ -262,7 +262,7 @@ class AuthGuard:
 
 
 class ResponseCache:
-    """Answers of recent frames by ``(node_id, frame_id)``, checked against a digest of the request bytes."""
+    """Answers of recent frames by ``(node_id, frame_id)``, checked against a digest of the request content."""
 
     def __init__(self, max_entries: int = 4096, ttl_s: float = 600.0, max_bytes: int = 64 << 20) -> None:
         self.max_entries = max_entries

@@ -12,8 +12,10 @@ not computed. Inside a stream every per-frame failure, overload included, is
 answered in-band (``InferResponse.error``) and the stream goes on; streams are
 capped in total and per peer and closed when idle.
 
-A repeated ``(node_id, frame_id)`` with identical request bytes is answered
-from a bounded cache (:class:`cloud.admission.ResponseCache`), never recomputed.
+A repeated ``(node_id, frame_id)`` with the same content (model, split,
+payloads, top-k; the capture time and metric scores may differ) is answered
+from a bounded cache (:class:`cloud.admission.ResponseCache`), never
+recomputed; the same id with other content is computed and replaces the entry.
 """
 from __future__ import annotations
 
@@ -137,6 +139,21 @@ def response_from_result(msg: pb.InferRequest, result: InferenceResult, server_i
     return out
 
 
+def content_digest(msg: pb.InferRequest) -> bytes:
+    """SHA-256 of what the answer depends on: everything but the capture time and the edge's metric scores.
+
+    A node that resends a frame after a restart may stamp it anew; it still gets
+    the answer it would have had, from the cache.
+    """
+    core = pb.InferRequest()
+    core.CopyFrom(msg)
+    core.ClearField("capture_time")
+    for p in core.payloads:
+        p.ClearField("metric_score")
+        p.ClearField("metric_name")
+    return hashlib.sha256(core.SerializeToString(deterministic=True)).digest()
+
+
 def _labels(msg: pb.InferRequest | None) -> tuple[str, str]:
     """(codec, task) labels of a request: '+'-joined when it carries several payloads."""
     if msg is None or not msg.payloads:
@@ -248,7 +265,7 @@ class SplitInferenceServicer:
         try:
             msg = parse_request(data)
             key = (msg.node_id, int(msg.frame_id)) if msg.node_id else None
-            digest = hashlib.sha256(data).digest() if key else b""
+            digest = content_digest(msg) if key else b""
             cached = self.cache.claim(key, digest, min(_wait_budget(context), 30.0)) if key else None
             if cached is not None:
                 replayed = True

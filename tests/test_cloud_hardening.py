@@ -314,9 +314,13 @@ def test_repeated_frame_is_answered_from_the_cache(engine, model, server, channe
     first = stub.Infer(req, timeout=30)
     again = stub.Infer(req, timeout=30)
     streamed = list(stub.InferStream(iter([req]), timeout=30))[0]
+    restamped = request(model, hevc_payload, frame_id=77, node="edge-7")
+    restamped.capture_time.GetCurrentTime()  # resent after a restart: new stamp, same frame
+    restamped.payloads[0].metric_score = 0.5
+    assert stub.Infer(restamped, timeout=30) == first
     assert engine.frames_computed == before + 1
     assert again == first and streamed == first
-    assert server.servicer.stats["replayed"] == 2
+    assert server.servicer.stats["replayed"] == 3
     other_node = request(model, hevc_payload, frame_id=77, node="edge-8")
     stub.Infer(other_node, timeout=30)
     changed = request(model, hevc_payload, frame_id=77, node="edge-7")
