@@ -91,8 +91,9 @@ def expected_sign(metric: str, task: str, directions: Mapping[str, int] | None =
 def resolve_metrics(table, metrics: Sequence[str] | None = None) -> list[str]:
     """The metric columns to evaluate: ``metrics`` checked, or every registered metric in the table.
 
-    In-sample columns (``learned``) are never evaluated here: their figures
-    come from a leave-one-codec-out test (``cfqa train-metric``).
+    In-sample columns (``learned``) are not picked by default; the report
+    refuses them (:func:`refuse_in_sample`), while ``cfqa train-metric`` passes
+    its out-of-sample predictions under that name explicitly.
     """
     from cfqa_core.metrics import METRICS, get_metric
 
@@ -103,9 +104,6 @@ def resolve_metrics(table, metrics: Sequence[str] | None = None) -> list[str]:
         return found
     out = []
     for m in metrics:
-        if m in IN_SAMPLE_METRICS:
-            raise MetricError(f"metric '{m}' is fitted on the benchmark build: its table column is in-sample; "
-                              "its leave-one-codec-out figures come from 'cfqa train-metric'")
         if m not in table.columns:
             get_metric(m)  # unknown name: MetricError listing the known ones
             raise DataError(f"benchmark table lacks column '{m}' of metric '{m}'")
@@ -113,6 +111,14 @@ def resolve_metrics(table, metrics: Sequence[str] | None = None) -> list[str]:
     if not out:
         raise MetricError("no metric given")
     return out
+
+
+def refuse_in_sample(metrics: Sequence[str]) -> None:
+    """MetricError for a metric whose table column is fitted on the benchmark build itself."""
+    for m in metrics:
+        if m in IN_SAMPLE_METRICS:
+            raise MetricError(f"metric '{m}' is fitted on the benchmark build: its table column is in-sample; "
+                              "its leave-one-codec-out figures come from 'cfqa train-metric'")
 
 
 def _check_table(table, metrics: Sequence[str], target: str = "gt_distortion") -> None:

@@ -30,7 +30,13 @@ from cfqa_core.bench.findings import (
     paper_findings,
     proxy_verdict,
 )
-from cfqa_core.bench.protocol import per_feature_correlations, resolve_metrics, summarise, task_order
+from cfqa_core.bench.protocol import (
+    per_feature_correlations,
+    refuse_in_sample,
+    resolve_metrics,
+    summarise,
+    task_order,
+)
 
 __all__ = ["FAILS", "HOLDS", "UNDECIDED", "UNTESTABLE", "Verdict", "Report", "build_report", "verdicts"]
 
@@ -182,8 +188,9 @@ def oriented_markdown(summary, metrics: Sequence[str]) -> str:
 
 def run_ladder(table, metrics: Sequence[str] | None, name: str, source: str = "", *, target: str = "gt_distortion",
                resamples: int = RESAMPLES, seed: int = SEED, with_findings: bool = True) -> Ladder:
-    """The protocol, the intervals and the findings on one table."""
+    """The protocol, the intervals and the findings on one table (never an in-sample metric column)."""
     metrics = resolve_metrics(table, metrics)
+    refuse_in_sample(metrics)
     per_feature = per_feature_correlations(table, metrics, target)
     boot = OriginalBootstrap(per_feature, resamples, seed)
     summary, results = summarise(per_feature, boot)

@@ -105,10 +105,11 @@ def _ingest(args, metrics):
 
 def _cmd_bench(args) -> int:
     from cfqa_core.bench.bootstrap import RESAMPLES, SEED
-    from cfqa_core.bench.protocol import resolve_metrics
+    from cfqa_core.bench.protocol import refuse_in_sample, resolve_metrics
     from cfqa_core.bench.report import build_report
 
     metrics = _csv(args.metrics)  # checked against the registry and the table's columns below
+    refuse_in_sample(metrics or ())
     resamples = RESAMPLES if args.resamples is None else args.resamples
     if resamples < 1000:
         raise DataError(f"--resamples must be at least 1000 for a 95 % interval, got {resamples}")
