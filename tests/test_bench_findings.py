@@ -21,6 +21,7 @@ from cfqa_core.bench.protocol import per_feature_correlations
 POINTS = 10
 FAMILY = {"hevc": "hevc", "vvc": "vvc", "hyper": "learned"}
 BASE = ("mse", "cosine", "cka")
+CLEAN = {m: 0.05 for m in BASE}
 
 
 def synth(*, images=40, tasks=("cls", "seg", "dpt"), codecs=("hevc", "hyper"), metric_noise=None,
@@ -108,14 +109,23 @@ def test_hevc_vs_vvc_uses_families():
 
 
 def test_low_rate_half():
-    worse_low = found(synth(codecs=("hevc",), half_noise={m: (0.0, 0.5) for m in BASE}))["low_rate"]
+    worse_low = found(synth(codecs=("hevc",), metric_noise=CLEAN, half_noise={m: (0.0, 0.5) for m in BASE}))["low_rate"]
     assert worse_low.status == HOLDS, worse_low.detail
     cells = worse_low.numbers["cells"]
     assert cells["hevc/dpt/cosine"]["high"] > cells["hevc/dpt/cosine"]["low"]
     assert cells["hevc/dpt/cosine"]["n"] == 40
-    worse_high = found(synth(codecs=("hevc",), half_noise={m: (0.5, 0.0) for m in BASE}))["low_rate"]
+    worse_high = found(synth(codecs=("hevc",), metric_noise=CLEAN, half_noise={m: (0.5, 0.0) for m in BASE}))["low_rate"]
     assert worse_high.status == FAILS and all(c.hi < 0 for c in worse_high.comparisons)
     assert found(synth(codecs=("hevc",)).drop(columns="rate_index"))["low_rate"].status == UNTESTABLE
+    # Low half worse on Cls, better on Dpt: not averaged into "undecided", the Dpt comparisons refute it.
+    mixed = pd.concat([synth(codecs=("hevc",), tasks=("cls",), metric_noise=CLEAN,
+                             half_noise={m: (0.0, 0.5) for m in BASE}),
+                       synth(codecs=("hevc",), tasks=("dpt",), metric_noise=CLEAN,
+                             half_noise={m: (0.5, 0.0) for m in BASE}, seed=1)])
+    v = found(mixed)["low_rate"]
+    assert v.status == FAILS and len(v.comparisons) == 6
+    assert {c.label.split(":")[0]: c.status for c in v.comparisons} == {
+        **{f"{m} cls": HOLDS for m in BASE}, **{f"{m} dpt": FAILS for m in BASE}}
 
 
 def test_varies_across_cells():
