@@ -290,6 +290,13 @@ def halves_cells(halves, boot: OriginalBootstrap, column: str = "plcc_oriented")
     return out
 
 
+def _nanmean_rows(rows: list[np.ndarray]) -> np.ndarray:
+    """Per resample, the mean over cells that drew a defined value (NaN where none did)."""
+    stack = np.stack(rows)
+    count = np.isfinite(stack).sum(axis=0)
+    return np.where(count > 0, np.nansum(stack, axis=0) / np.maximum(count, 1), np.nan)
+
+
 def finding_low_rate(halves, boot: OriginalBootstrap) -> Verdict:
     claim = "metrics are less reliable at low bitrates (lower PLCC on the low-rate half of each ladder)"
     cells = halves_cells(halves, boot)
@@ -305,8 +312,8 @@ def finding_low_rate(halves, boot: OriginalBootstrap) -> Verdict:
             keys = [k for k, v in cells.items() if k[2] == m and k[1] == t and v["n"]]
             if not keys:
                 continue
-            hi = np.nanmean(np.stack([cells[k]["high"][0] for k in keys]), axis=0)
-            lo = np.nanmean(np.stack([cells[k]["low"][0] for k in keys]), axis=0)
+            hi = _nanmean_rows([cells[k]["high"][0] for k in keys])
+            lo = _nanmean_rows([cells[k]["low"][0] for k in keys])
             comps.append(compare(f"{m} {t}: high-rate - low-rate half", hi, lo,
                                  float(np.mean([cells[k]["high"][1] for k in keys])),
                                  float(np.mean([cells[k]["low"][1] for k in keys])),
