@@ -6,7 +6,7 @@
 - ``rate_halves.png``: are the metrics less reliable at low bitrates? PLCC on the
   high-rate and the low-rate half of each ladder.
 - ``plcc_hist.png``: how stable is each metric? Per-feature PLCC distribution, one
-  panel per (codec, task) cell that exists.
+  row per task, one panel per codec that task has.
 - ``rate_accuracy.png``: how much does each codec damage each task?
 - ``scatter_<metric>.png``: the raw data, metric against distortion per existing cell.
 
@@ -60,6 +60,22 @@ def _panel_grid(plt, n: int, w: float = 3.3, h: float = 2.6, cols: int = MAX_COL
     for ax in flat[n:]:
         fig.delaxes(ax)
     return fig, flat[:n]
+
+
+def _task_grid(plt, cells: list[tuple[str, str]], w: float = 3.3, h: float = 2.6, right: float = 1.6):
+    """One row per task, one panel per codec of that task (unused slots removed): ``{(codec, task): ax}``."""
+    tasks = task_order({t for _, t in cells})
+    per_task = {t: [c for c, tt in cells if tt == t] for t in tasks}
+    cols = max(len(v) for v in per_task.values())
+    fig, axes = plt.subplots(len(tasks), cols, figsize=(w * cols + right, 0.8 + h * len(tasks)), squeeze=False)
+    out = {}
+    for i, t in enumerate(tasks):
+        for j in range(cols):
+            if j < len(per_task[t]):
+                out[(per_task[t][j], t)] = axes[i][j]
+            else:
+                fig.delaxes(axes[i][j])
+    return fig, out
 
 
 def _finish(fig, path: Path, title: str, legend=None, right: float = 1.6, after=None) -> Path:
@@ -135,6 +151,7 @@ def _forest(ax, rows: list[tuple[str, str]], summary, metrics, colours, col: str
     ax.set_yticklabels([f"{c} / {t}" for c, t in rows], fontsize=8)
     ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set_xlim(-1.05, 1.05)
+    ax.set_xticks([-1.0, -0.5, 0.0, 0.5, 1.0])
     ax.grid(axis="x", alpha=0.3)
     ax.tick_params(axis="x", labelsize=8)
 
@@ -235,13 +252,15 @@ def rate_halves(cells: dict, metrics: Sequence[str], out_dir: Path, name: str = 
 
 def plcc_histogram(per_feature, metrics: Sequence[str], out_dir: Path, name: str = "plcc_hist.png") -> Path:
     """Distribution of per-feature oriented PLCC (binned to 0.1 as the paper), one panel per existing cell."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     defined = per_feature[np.isfinite(per_feature["plcc_oriented"].to_numpy(np.float64))]
     cells = _cells(defined if len(defined) else per_feature)
     colours = _colours(metrics)
-    fig, axes = _panel_grid(plt, max(len(cells), 1))
+    fig, axes = _task_grid(plt, cells)
     edges = np.round(np.arange(-1.05, 1.0501, 0.1), 2)
-    for ax, (codec, task) in zip(axes, cells):
+    for (codec, task), ax in axes.items():
         cell = defined[(defined["codec"] == codec) & (defined["task"] == task)]
         for m in metrics:
             v = cell.loc[cell["metric"] == m, "plcc_oriented"].to_numpy(np.float64)
@@ -250,6 +269,8 @@ def plcc_histogram(per_feature, metrics: Sequence[str], out_dir: Path, name: str
         n = cell.groupby("metric").size().max() if len(cell) else 0
         ax.set_title(f"{codec} / {task} (n={n})", fontsize=9)
         ax.set_xlim(-1.05, 1.05)
+        ax.set_xticks([-1.0, -0.5, 0.0, 0.5, 1.0])
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("per-feature oriented PLCC", fontsize=8)
         ax.set_ylabel("features", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -261,7 +282,7 @@ def plcc_histogram(per_feature, metrics: Sequence[str], out_dir: Path, name: str
 # ---- rate-accuracy ----------------------------------------------------------------------------
 
 
-def rate_accuracy(curves, out_dir: Path, name: str = "rate_accuracy.png") -> Path | None:
+def rate_accuracy(curves, out_dir: Path, name: str = "rate_accuracy.png", ladder: str = "") -> Path | None:
     """Mean task score vs mean BPFP per rate point: one panel per task, one line per codec."""
     curves = curves[np.isfinite(curves["bpfp"]) & np.isfinite(curves["task_score"])]
     if curves.empty:
@@ -291,7 +312,8 @@ def rate_accuracy(curves, out_dir: Path, name: str = "rate_accuracy.png") -> Pat
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], color=colours[c], marker="o", ms=3) for c in codecs]
     handles.append(plt.Line2D([], [], color="black", ls="--", lw=0.8))
-    return _finish(fig, out_dir / name, "How much does each codec damage each task? (mean over images per rate point)",
+    where = f" on the {ladder} ladder" if ladder else ""
+    return _finish(fig, out_dir / name, f"How much does each codec damage each task{where}? (mean over images per rate point)",
                    (handles, [*codecs, "uncompressed"]), right=2.0)
 
 
@@ -309,9 +331,9 @@ def scatter_plots(table, metrics: Sequence[str], out_dir: Path, target: str = "g
         spec = METRICS.get(metric)
         upper = spec.range[1] if spec and spec.range else None
         hib = bool(spec.higher_is_better) if spec else True
-        fig, axes = _panel_grid(plt, len(cells), right=1.2)
+        fig, axes = _task_grid(plt, cells, right=1.2)
         sc = None
-        for ax, (codec, task) in zip(axes, cells):
+        for (codec, task), ax in axes.items():
             cell = table[(table["task"] == task) & (table["codec"] == codec)]
             x = cell[metric].to_numpy(np.float64)
             y = cell[target].to_numpy(np.float64)

@@ -406,13 +406,13 @@ def _plots(run: Ladder, paper: Ladder | None, fid: Ladder | None, curves, out: P
     if low is not None:
         add("rate_halves", plots.rate_halves(low.numbers["cells"], [m for m in BASELINES if m in run.metrics], out))
     add("plcc_hist", plots.plcc_histogram(run.per_feature, run.metrics, out))
-    add("rate_accuracy", plots.rate_accuracy(curves, out))
+    add("rate_accuracy", plots.rate_accuracy(curves, out, ladder=run.name))
     if paper is not None:
         add("correlations_paper", plots.correlations(paper.summary, paper.metrics, out, "correlations_paper.png",
                                                      f"How well does each metric track the semantic distortion? "
                                                      f"({paper.name} ladder)"))
         add("rate_accuracy_paper", plots.rate_accuracy(rate_accuracy_table(paper.table), out,
-                                                       "rate_accuracy_paper.png"))
+                                                       "rate_accuracy_paper.png", paper.name))
     if fid is not None:
         add("correlations_fidelity", plots.correlations(
             fid.summary, fid.metrics, out, "correlations_fidelity.png",
