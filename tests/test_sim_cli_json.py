@@ -139,22 +139,29 @@ def test_progress_bar_on_a_terminal_counts_whole_seconds():
     assert not re.search(r"\d\.\d+/30", text)  # no fractional counts
 
 
-def test_provenance_of_a_live_scenario_hashes_the_model_weights():
+def test_provenance_of_a_live_scenario_hashes_the_model_weights(tmp_path):
     from cfqa_core.models.zoo import EMBEDDED_DIR
     from sim.provenance import provenance
-    from sim.scenario import REPO_ROOT, load_scenario
+    from sim.scenario import load_scenario
 
-    loaded = load_scenario(REPO_ROOT / "scenarios" / "default.yaml", ["nodes.0.codec=hyperprior-cls"])
+    path = tmp_path / "live.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "live", "mode": "live", "seed": 3, "duration_s": 5, "live": {"model": "embedded"},
+        "links": {"lte": {"trace": "cellular/Verizon-LTE-short.up", "shared": True}},
+        "nodes": [{"name": "cams", "count": 1, "link": "lte", "task": "cls", "codec": "hevc"}],
+        "policy": "hq", "policies": {"hq": {"name": "fixed", "params": {"index": 0}}},
+    }, sort_keys=False))
+    loaded = load_scenario(path, ["nodes.0.codec=hyperprior-cls"])
     prov = provenance(loaded)
     weights = EMBEDDED_DIR / "model.safetensors"
     assert prov["model"]["name"] == "embedded"
     assert [f["sha256"] for f in prov["model"]["files"]] == [sha256(weights)]
     assert prov["traces"]["lte"]["sha256"] == sha256(LTE)
-    assert prov["scenario_file"]["sha256"] == sha256(REPO_ROOT / "scenarios" / "default.yaml")
+    assert prov["scenario_file"]["sha256"] == sha256(path) and prov["seed"] == 3
     codec_files = {Path(f["path"]).name: f["sha256"] for f in prov["codec_weights"]["hyperprior-cls"]}
     assert "codec.json" in codec_files and len(codec_files) >= 2
     # the overrides change the scenario as run, not the file's hash
-    plain = provenance(load_scenario(REPO_ROOT / "scenarios" / "default.yaml"))
+    plain = provenance(load_scenario(path))
     assert plain["scenario_as_run_sha256"] != prov["scenario_as_run_sha256"]
     assert plain["scenario_file"] == prov["scenario_file"] and "codec_weights" not in plain
 
