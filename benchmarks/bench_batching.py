@@ -13,6 +13,12 @@ Sides, run in interleaved rounds so that load from other processes hits all alik
   W batches at once (default one per core);
 - ``unloaded``: one client, no batching: the latency floor.
 
+``--server`` (default on) repeats the comparison through gRPC: two ``cfqa cloud
+serve`` processes on loopback, one as started by default (one compute slot,
+no batching) and one with ``--max-batch-size B --batch-workers W``, each
+loaded in turn by the same clients (``bench_grpc.run_level``: one channel
+per client, a fresh frame id per call).
+
 Reported: throughput (frames/s), p50/p99 latency, mean batch size. Targets
 (issue figures for the whole server, measured here on the engine): throughput
 >= 1.5 x one-slot; p99 <= 2 x unloaded p99 + the batching delay.
@@ -76,6 +82,35 @@ def run_clients(call, requests, clients: int, per_client: int) -> dict:
             "cpu_ms_per_frame": 1e3 * cpu / len(lat), "mean_batch": statistics.mean(sizes)}
 
 
+def server_rows(args, bench_grpc) -> dict:
+    """Default server vs batching server under the same clients, interleaved rounds."""
+    from cloud.testing import ServerProcess
+
+    _, _, requests, _ = bench_grpc.prepare("embedded", args.task, args.split, 10, 16)
+    base = ["--model", "embedded", "--torch-threads", "1"]
+    configs = {"default": base,
+               "batched": base + ["--max-batch-size", str(args.max_batch), "--max-batch-delay-ms",
+                                  str(args.delay_ms), "--batch-workers", str(args.workers)]}
+    levels: dict[str, list[dict]] = {k: [] for k in configs}
+    with ServerProcess(configs["default"]) as plain, ServerProcess(configs["batched"]) as batched:
+        targets = {"default": plain.target, "batched": batched.target}
+        for name, target in targets.items():  # warm-up
+            bench_grpc.run_level(target, 2, 2, requests, "infer")
+        for _ in range(args.rounds):
+            for name, target in targets.items():
+                levels[name].append(bench_grpc.run_level(target, args.clients, args.per_client, requests, "infer"))
+    sides = {}
+    for name, runs in levels.items():
+        sides[name] = {"args": " ".join(configs[name]), "calls": sum(r["calls"] for r in runs),
+                       "errors": sum(r["errors"] for r in runs),
+                       "fps_median": round(statistics.median(r["rps"] for r in runs), 2),
+                       "fps_all": [round(r["rps"], 2) for r in runs],
+                       "p50_ms": round(statistics.median(r["p50_ms"] for r in runs), 2),
+                       "p99_ms": round(max(r["p99_ms"] for r in runs), 2)}
+    return {"rounds": args.rounds, "clients": args.clients, "sides": sides,
+            "ratio": round(sides["batched"]["fps_median"] / sides["default"]["fps_median"], 3)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=16)
@@ -87,6 +122,8 @@ def main(argv=None) -> int:
     ap.add_argument("--delay-ms", type=float, default=2.0)
     ap.add_argument("--task", default="cls", choices=["cls", "seg", "dpt"])
     ap.add_argument("--split", type=int, default=4)
+    ap.add_argument("--server", action=argparse.BooleanOptionalAction, default=True,
+                    help="also compare two 'cfqa cloud serve' processes over gRPC")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
 
@@ -128,6 +165,7 @@ def main(argv=None) -> int:
                       "p50_ms": round(_pct(lat, 50), 2), "p99_ms": round(_pct(lat, 99), 2),
                       "cpu_ms_per_frame": round(statistics.median(r["cpu_ms_per_frame"] for r in rs), 3),
                       "mean_batch": round(statistics.mean(r["mean_batch"] for r in rs), 2)}
+    server = server_rows(args, bench_grpc) if args.server else None
     ratio = rows["batched"]["fps_median"] / rows["one slot"]["fps_median"]
     bound = 2 * rows["unloaded"]["p99_ms"] + args.delay_ms
     result = {
@@ -138,7 +176,7 @@ def main(argv=None) -> int:
                    "rounds": args.rounds, "max_batch_size": args.max_batch, "max_batch_delay_ms": args.delay_ms,
                    "batch_workers": args.workers,
                    "torch_threads": 1},
-        "sides": rows, "batcher": batch_stats,
+        "sides": rows, "batcher": batch_stats, "server": server,
         "targets": {"throughput_ratio": round(ratio, 3), "throughput_target": THROUGHPUT_TARGET,
                     "p99_bound_ms": round(bound, 2), "p99_batched_ms": rows["batched"]["p99_ms"]},
     }
@@ -169,6 +207,16 @@ def main(argv=None) -> int:
               "each wait for the frames ahead of theirs (Little's law: latency = clients / throughput), so this bound "
               "needs a throughput of clients / (2 x unloaded p99) to be reachable;",
               f"- batch sizes (frames: batches): {batch_stats.get('sizes')}."]
+    if server:
+        lines += ["", f"## Through gRPC: `cfqa cloud serve` default vs batched ({c['clients']} clients, "
+                  f"{server['rounds']} interleaved rounds)", "",
+                  "| server | arguments | frames/s (median of rounds) | p50 ms | p99 ms | errors |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for name, r in server["sides"].items():
+            lines.append(f"| {name} | `{r['args']}` | {r['fps_median']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                         f"{r['errors']} |")
+        lines += ["", f"- throughput batched / default server: **{server['ratio']:.2f}x** (target >= "
+                  f"{THROUGHPUT_TARGET}x: {'met' if server['ratio'] >= THROUGHPUT_TARGET else 'not met'})."]
     (out / "batching.md").write_text("\n".join(lines) + "\n")
     print((out / "batching.md").read_text())
     return 0
