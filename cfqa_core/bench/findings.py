@@ -158,7 +158,7 @@ def finding_cosine_best(cells: Cells) -> Verdict:
         comps.append(compare(f"mean PLCC cosine - {m}", a, b, pa, pb, na))
         sa, spa, _ = cells.group(cos, "std")
         sb, spb, _ = cells.group(oth, "std")
-        comps.append(compare(f"spread (std of per-feature PLCC) {m} - cosine", sb, sa, spb, spa, na))
+        comps.append(compare(f"per-feature PLCC std {m} - cosine", sb, sa, spb, spa, na))
     status = combine([c.status for c in comps])
     return Verdict("cosine_best", claim, status, _join(comps) + " (mean over codec x task cells).",
                    comparisons=comps)

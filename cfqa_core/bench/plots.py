@@ -93,7 +93,7 @@ def _finish(fig, path: Path, title: str, legend=None, right: float = 1.6, after=
     fig.tight_layout(rect=(0, 0, frac, 1.0))  # tight_layout makes room for the suptitle itself
     if after is not None:
         after(fig, frac)
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.15)  # nothing clipped at the edges
     plt.close(fig)
     return path
 
@@ -179,13 +179,13 @@ def findings(verdicts, out_dir: Path, margin: float, name: str = "findings.png")
     if not rows:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(11.5, 1.2 + 0.32 * len(rows)))
+    fig, ax = plt.subplots(figsize=(12.5, 1.2 + 0.32 * len(rows)))
     labels = []
     for i, (v, c) in enumerate(rows):
         colour = VERDICT_COLOUR.get(c.status, "grey")
         ax.errorbar([c.estimate], [i], xerr=[[max(c.estimate - c.lo, 0)], [max(c.hi - c.estimate, 0)]], fmt="o",
                     ms=4, capsize=2, color=colour)
-        labels.append(f"{v.key}: {c.label}")
+        labels.append(f"{v.key.replace('_', ' ')}: {c.label}")
     ax.axvline(0, color="black", lw=0.8)
     ax.axvspan(-margin, margin, color="grey", alpha=0.15, lw=0)
     ax.set_yticks(range(len(rows)))
