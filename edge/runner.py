@@ -13,14 +13,15 @@ Rate control is a policy object (the seam for adaptive policies)::
 
     class RatePolicy(Protocol):
         name: str
-        def decide(self, feature, codec, *, task, value_range, bit_depth) -> (EncodedFeature, dict)
+        def decide(self, feature, codec, *, task, value_range, bit_depth, split) -> (EncodedFeature, dict)
 
 ``decide`` returns the encoded feature it chose and a JSON-ready record; the
 keys ``metric`` (float) and ``metric_name`` are sent to the cloud as the
 payload's quality score, and the whole record lands in the frame's output
-line under ``payloads.<task>.policy``. Policies are built by name from
-``POLICIES`` (``register_policy`` adds one); ``fixed`` codes every feature at
-one QP.
+line under ``payloads.<task>.policy``. :func:`build_policy` builds any policy
+of :mod:`edge.policies` (the one rate-control system) from its name and
+parameters (``fixed`` with ``--qp``, ``cfqa-target`` with the shipped rate
+plans, ...).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,53 +58,19 @@ class RatePolicy(Protocol):
     name: str
 
     def decide(self, feature: np.ndarray, codec: FeatureCodec, *, task: str, value_range: Any,
-               bit_depth: int) -> tuple[EncodedFeature, dict[str, Any]]: ...
-
-
-@dataclass
-class FixedQpPolicy:
-    """Every feature at one QP (rate point)."""
-
-    qp: int = 10
-    name: str = "fixed"
-
-    def decide(self, feature: np.ndarray, codec: FeatureCodec, *, task: str, value_range: Any,
-               bit_depth: int) -> tuple[EncodedFeature, dict[str, Any]]:
-        encoded = codec.encode(feature, self.qp, value_range=value_range, bit_depth=bit_depth)
-        return encoded, {"qp": self.qp}
-
-
-PolicyFactory = Callable[[dict[str, Any]], RatePolicy]
-POLICIES: dict[str, PolicyFactory] = {}
-
-
-def register_policy(name: str, factory: PolicyFactory) -> None:
-    """Make ``factory(options) -> RatePolicy`` available as ``cfqa edge run --policy name``."""
-    if name in POLICIES and POLICIES[name] is not factory:
-        raise PolicyError(f"policy '{name}' registered twice")
-    POLICIES[name] = factory
-
-
-def _fixed(options: dict[str, Any]) -> RatePolicy:
-    if options.get("qp") is None:
-        raise PolicyError("policy 'fixed' needs --qp")
-    return FixedQpPolicy(int(options["qp"]))
-
-
-register_policy("fixed", _fixed)
+               bit_depth: int, split: int | None = None) -> tuple[EncodedFeature, dict[str, Any]]: ...
 
 
 def build_policy(name: str, options: dict[str, Any]) -> RatePolicy:
-    """A policy by name; policies of ``edge.policies`` register themselves when it is importable."""
-    if name not in POLICIES:
-        from edge.policies import POLICIES as EDGE_POLICIES
-        from edge.policies.live import runner_factory
+    """A policy of :mod:`edge.policies` by name (``name[:key=value...]`` allowed), for this runner."""
+    from edge.policies import POLICIES as EDGE_POLICIES
+    from edge.policies.live import runner_factory
+    from edge.policies.spec import parse_spec
 
-        if name in EDGE_POLICIES:
-            return runner_factory(name)(options)
-    if name not in POLICIES:
-        raise PolicyError(f"unknown policy '{name}' (known: {', '.join(sorted(POLICIES))})")
-    return POLICIES[name](options)
+    spec = parse_spec(name)
+    if spec.name not in EDGE_POLICIES:
+        raise PolicyError(f"unknown policy '{spec.name}' (known: {', '.join(sorted(EDGE_POLICIES))})")
+    return runner_factory(spec.name)({**spec.params, **options})
 
 
 @dataclass
@@ -301,7 +268,7 @@ class EdgeRunner:
         for task in cfg.tasks:
             encoded, decision = self.policy.decide(feats[task], self.codec, task=task,
                                                    value_range=self.backend.value_range(task),
-                                                   bit_depth=cfg.bit_depth)
+                                                   bit_depth=cfg.bit_depth, split=self.backend.split)
             metric = decision.get("metric")
             req.payloads.append(payload_from_encoded(task, encoded, metric_score=metric,
                                                      metric_name=str(decision.get("metric_name", ""))))

@@ -45,6 +45,9 @@ def _print_json(obj: Any) -> None:
 
 
 def register(sub) -> None:
+    from sim.ratecontrol.commands import register as register_policies
+
+    register_policies(sub)
     p = sub.add_parser("run", help="simulate a scenario with its policy")
     _add_scenario_args(p)
     p.add_argument("--policy", help="policy label or name (default: the scenario's)")
@@ -124,7 +127,8 @@ def _cmd_run(args) -> int:
     loaded = load_scenario(args.scenario, args.overrides)
     if args.policy:
         check_policy(loaded, args.policy, ("--policy",))
-    return _finish(args, loaded, [args.policy or loaded.scenario.policy], "run")
+    policies = [args.policy] if args.policy else (loaded.scenario.compare or [loaded.scenario.policy])
+    return _finish(args, loaded, policies, "run")
 
 
 def _cmd_compare(args) -> int:

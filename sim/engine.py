@@ -62,6 +62,7 @@ class RunResult:
     group_names: list[str]
     group_tasks: list[str]
     group_codecs: list[str]
+    group_deadlines: list[float]
     image_ids: dict[str, np.ndarray]
     links: list[LinkInfo]
     duration_s: float
@@ -114,8 +115,12 @@ def _timing(loaded: LoadedScenario, index: int, group: NodeGroup) -> tuple[float
     """(edge backbone s, cloud service s, metric s) for a node group."""
     timing = loaded.scenario.timing
     profile = loaded.timing_profile()
-    if profile is None:
-        return timing.edge_backbone_s.get(group.task, 0.0), timing.cloud_service_s.get(group.task, 0.0), timing.metric_s
+    if profile is None or not profile.get("entries"):
+        # No backbone/cloud entries (e.g. a profile of codec times only): the scenario's constants.
+        metric_s = timing.metric_s
+        if profile is not None and group.task in profile.get("metrics", {}).get("proxy", {}):
+            metric_s = float(profile["metrics"]["proxy"][group.task])
+        return timing.edge_backbone_s.get(group.task, 0.0), timing.cloud_service_s.get(group.task, 0.0), metric_s
     model = loaded.scenario.live.model if loaded.scenario.live else None
     for entry in profile.get("entries", []):
         if entry.get("task") != group.task:
@@ -259,7 +264,8 @@ def simulate(
     image_ids = {g.task: np.asarray(provider.image_ids(g.task)) for g in s.nodes}
     return RunResult(
         policy=label, columns=log.columns(), group_names=[g.name for g in s.nodes],
-        group_tasks=[g.task for g in s.nodes], group_codecs=[g.codec for g in s.nodes], image_ids=image_ids,
+        group_tasks=[g.task for g in s.nodes], group_codecs=[g.codec for g in s.nodes],
+        group_deadlines=[float(g.deadline_s) for g in s.nodes], image_ids=image_ids,
         links=infos, duration_s=s.duration_s, sim_end_s=float(env.now), wall_s=wall, partial=partial,
         nodes=len(nodes), servers=s.cloud.servers, edge_busy_s=sum(n.busy_s for n in nodes),
         cloud_busy_s=cloud.busy_s, ladders=ladders, rate_curves=curves,

@@ -19,7 +19,7 @@ import numpy as np
 from cfqa_core.errors import ScenarioError
 from sim.outcomes import EncodeOutcome, FrameOutcomeProvider, FrameRef, InferOutcome, register_provider
 
-LIVE_METRICS: tuple[str, ...] = ("mse", "cosine", "cka")
+LIVE_METRICS: tuple[str, ...] = ("mse", "cosine", "cka", "proxy")
 IMAGES_PER_TASK = 24
 
 
@@ -39,9 +39,11 @@ class LiveProvider(FrameOutcomeProvider):
             folder = load_folder(loaded.resolve(("live", "images"), s.live.images))
             self.scenes = {t: folder for t in tasks}
         else:
-            self.scenes = {t: load_split("bench", IMAGES_PER_TASK, task=t) for t in tasks}
+            # The val split: images no rate plan, proxy metric or benchmark table was fitted on.
+            self.scenes = {t: load_split("val", IMAGES_PER_TASK) for t in tasks}
         self._features: dict[tuple[str, int], np.ndarray] = {}
         self._reference: dict[tuple[str, int], float] = {}
+        self._reference_output: dict[tuple[str, int], object] = {}  # the uncompressed output, for output change
         self._encoded: dict[tuple[int, int, str, int], object] = {}
         self.wall = {"extract_s": 0.0, "encode_s": 0.0, "rpc_s": 0.0, "frames": 0}
         self._server = None
@@ -89,6 +91,7 @@ class LiveProvider(FrameOutcomeProvider):
             self._features[key] = f[0]
             ref = predict(self.model, task, f)[0]
             self._reference[key] = task_score(ref, **self._gt(task, index), seg_classes=self.model.meta.seg_classes)
+            self._reference_output[key] = ref
         return self._features[key]
 
     def _gt(self, task: str, index: int) -> dict:
@@ -123,12 +126,14 @@ class LiveProvider(FrameOutcomeProvider):
         self.wall["encode_s"] += time.perf_counter() - t0
         self._encoded[(frame.node_id, frame.frame_idx, codec, rate_point)] = enc
         flat = np.asarray(vr, dtype=float).reshape(-1, 2)
-        metrics = compute_metrics(list(LIVE_METRICS), f, fhat, value_range=(flat[:, 0].min(), flat[:, 1].max()))
+        metrics = compute_metrics(list(LIVE_METRICS), f, fhat, task=frame.task,
+                                  value_range=(flat[:, 0].min(), flat[:, 1].max()))
         return EncodeOutcome(rate_point, enc.nbytes + enc.meta_bytes, self.timing.edge_encode_s[frame.task],
                              metrics, 0.0)
 
     def infer(self, frame: FrameRef, codec: str, rate_point: int) -> InferOutcome:
         from cfqa_core.distortion import semantic_distortion
+        from cfqa_core.fidelity import output_change
         from cfqa_core.inference import TaskOutput, task_score
         from proto import cfqa_v1_pb2 as pb
         from proto.convert import depth_from_png, mask_from_png, payload_from_encoded
@@ -166,7 +171,8 @@ class LiveProvider(FrameOutcomeProvider):
             distortion = semantic_distortion(out, out, **gt)
         else:
             distortion = score - ref_score
-        return InferOutcome(0.0, score, distortion, ref_score, None)
+        change = output_change(frame.task, out, self._reference_output[(frame.task, frame.image_index)])
+        return InferOutcome(0.0, score, distortion, ref_score, None, output_change=change)
 
     def close(self) -> None:
         self.client.close()

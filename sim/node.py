@@ -217,6 +217,7 @@ class EdgeNode:
         log.task_score[row] = out.task_score
         log.uncompressed_score[row] = out.uncompressed_score
         log.gt_distortion[row] = out.gt_distortion
+        log.output_change[row] = out.output_change
 
         def done(start: float, end: float) -> None:
             log.t_cloud_start[row] = start

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from cfqa_core.errors import ScenarioError
-from edge.policies.accuracy import damage
+from cfqa_core.errors import CfqaError, ScenarioError
 from edge.policies.api import EncodeOutcome, PolicyContext
 from sim.table import BenchmarkTable, CodecArrays
 
 if TYPE_CHECKING:
     from sim.scenario import LoadedScenario
+    from sim.timing import TimingProfile
 
 
 class FrameRef(NamedTuple):
@@ -48,6 +48,7 @@ class InferOutcome(NamedTuple):
     gt_distortion: float
     uncompressed_score: float
     service_s: float | None = None  # measured cloud compute; None -> timing profile
+    output_change: float = float("nan")  # change of the output from the uncompressed one (cfqa_core.fidelity)
 
 
 class FrameOutcomeProvider(ABC):
@@ -134,15 +135,22 @@ class ReplayProvider(FrameOutcomeProvider):
 
     can_judge = True
 
-    def __init__(self, table: BenchmarkTable) -> None:
+    def __init__(self, table: BenchmarkTable, timing: TimingProfile | None = None) -> None:
         self.table = table
+        self.timing = timing  # encode/decode times from a profile instead of the table's rows
         self._arrays: dict[tuple[str, str], CodecArrays] = {}  # hot-path cache of table.codec()
         self._ref: dict[str, np.ndarray] = {}
 
     def _codec(self, task: str, codec: str) -> CodecArrays:
         key = (task, codec)
         if key not in self._arrays:
-            self._arrays[key] = self.table.codec(task, codec)
+            arrays = self.table.codec(task, codec)
+            if self.timing is not None:
+                try:
+                    arrays = CodecArrays(self.timing.apply(arrays.arrays))
+                except CfqaError as exc:
+                    raise ScenarioError(f"timing.profile: {exc}") from None
+            self._arrays[key] = arrays
         return self._arrays[key]
 
     def image_ids(self, task: str) -> Sequence[object]:
@@ -167,15 +175,15 @@ class ReplayProvider(FrameOutcomeProvider):
 
     def judge(self, frame: FrameRef, codec: str, rate_point: int) -> float:
         c = self._codec(frame.task, codec)
-        i = frame.image_index
-        return float(damage(frame.task, c.arrays.task_score[i, c.index[rate_point]], c.arrays.ref_score[i]))
+        return float(c.arrays.output_change[frame.image_index, c.index[rate_point]])
 
     def infer(self, frame: FrameRef, codec: str, rate_point: int) -> InferOutcome:
         c = self._codec(frame.task, codec)
         i, r = frame.image_index, c.index[rate_point]
         arr = c.arrays
         return InferOutcome(float(arr.decode_s[i, r]), float(arr.task_score[i, r]),
-                            float(arr.gt_distortion[i, r]), float(arr.ref_score[i]))
+                            float(arr.gt_distortion[i, r]), float(arr.ref_score[i]),
+                            output_change=float(arr.output_change[i, r]))
 
     def rate_curve(self, task: str, codec: str) -> list[tuple[int, float, float]] | None:
         c = self._codec(task, codec)
@@ -209,4 +217,13 @@ def make_provider(loaded: LoadedScenario) -> FrameOutcomeProvider:
     return _PROVIDERS[mode](loaded)
 
 
-register_provider("replay", lambda loaded: ReplayProvider(loaded.table()))
+def _replay_provider(loaded: LoadedScenario) -> ReplayProvider:
+    """Replay of the scenario's table, with the timing profile's codec times when it has them."""
+    from sim.timing import TimingProfile
+
+    data = loaded.timing_profile()
+    timing = TimingProfile(data, str(loaded.scenario.timing.profile)) if data and data.get("codecs") else None
+    return ReplayProvider(loaded.table(), timing)
+
+
+register_provider("replay", _replay_provider)

@@ -115,7 +115,7 @@ def provenance(loaded: LoadedScenario) -> dict[str, Any]:
         "mode": s.mode,
         "traces": traces,
         "timing_profile": (
-            {"name": s.timing.profile, **_file_entry(loaded.resolve(("timing", "profile"), s.timing.profile))}
+            {"name": s.timing.profile, **_file_entry(loaded.timing_path())}
             if s.timing.profile else {"name": "scenario constants (timing.*)"}
         ),
     }
@@ -125,5 +125,10 @@ def provenance(loaded: LoadedScenario) -> dict[str, Any]:
     if learned:
         out["codec_weights"] = learned
     if s.replay is not None:
-        out["replay_table"] = _file_entry(loaded.resolve(("replay", "table"), s.replay.table))
+        out["replay_table"] = {"images": s.replay.images, **_file_entry(loaded.table_path())}
+    from cfqa_core.metrics.proxy import DEFAULT_WEIGHTS
+    from edge.policies.plan import DEFAULT_PLANS
+
+    out["rate_plans"] = _file_entry(DEFAULT_PLANS) if DEFAULT_PLANS.is_file() else None
+    out["proxy_metric"] = _file_entry(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.is_file() else None
     return out

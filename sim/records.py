@@ -18,7 +18,7 @@ NO_DROP, QUEUE_FULL, STALE, LOSS = range(4)
 _FLOAT = (
     "t_capture", "t_encode_start", "t_encode_done", "t_send_start", "t_send_done",
     "t_cloud_arrive", "t_cloud_start", "t_cloud_done", "t_result",
-    "edge_s", "cloud_s", "metric", "task_score", "uncompressed_score", "gt_distortion",
+    "edge_s", "cloud_s", "metric", "task_score", "uncompressed_score", "gt_distortion", "output_change",
 )
 _INT = {
     "node": np.int32, "group": np.int16, "frame": np.int32, "image": np.int32, "link": np.int32,

@@ -17,7 +17,7 @@ import yaml
 from sim.engine import RunResult, simulate
 from sim.provenance import provenance
 from sim.scenario import LoadedScenario
-from sim.summary import add_savings, format_table, summarize, summary_table
+from sim.summary import add_matched_savings, add_savings, format_table, summarize, summary_table
 
 
 def default_out_dir(loaded: LoadedScenario, kind: str = "run") -> Path:
@@ -50,7 +50,9 @@ def build_summary(loaded: LoadedScenario, results: list[RunResult], partial: boo
     s = loaded.scenario
     per_policy = {r.policy: summarize(r) for r in results}
     add_savings(per_policy, s.baseline_policy)
+    headline = add_matched_savings(per_policy, results)
     return {
+        "headline": headline,
         "scenario": s.name,
         "mode": s.mode,
         "seed": s.seed,
@@ -84,6 +86,8 @@ def print_summary(summary: dict, out: Path | None = None) -> None:
     """The end-of-run table on stdout."""
     if summary["policies"]:
         print(format_table(summary_table(summary["policies"])))
+    if summary.get("headline"):
+        print(summary["headline"])
     if summary["partial"]:
         print("PARTIAL: interrupted; the results above cover what was measured.")
     if out is not None:

@@ -106,6 +106,20 @@ class PolicySpec(_Strict):
     params: dict[str, Any] = {}
 
 
+BUILTIN_TABLE = "builtin:embedded"
+BUILTIN_TIMING = "builtin:embedded"
+
+
+def shipped_table() -> Path:
+    """The compact replay table of the embedded model shipped with the package."""
+    return Path(__file__).resolve().parent / "data" / "embedded_table.parquet"
+
+
+def shipped_timing() -> Path:
+    """The timing profile of the embedded model's codecs shipped with the package (``cfqa timing profile``)."""
+    return Path(__file__).resolve().parent / "data" / "timing-embedded.json"
+
+
 class CloudSpec(_Strict):
     servers: Annotated[int, Field(ge=1, le=10_000)] = 1
 
@@ -113,7 +127,8 @@ class CloudSpec(_Strict):
 class TimingSpec(_Strict):
     """Compute times not in the benchmark table (seconds)."""
 
-    profile: str | None = Field(None, description="JSON profile measured on this machine (overrides the constants)")
+    profile: str | None = Field(None, description="JSON profile measured on this machine (overrides the constants; "
+                                "'builtin:embedded': the shipped profile of the embedded model's codecs)")
     edge_backbone_s: dict[Literal["cls", "seg", "dpt"], NonNegFloat] = {"cls": 0.02, "seg": 0.04, "dpt": 0.04}
     cloud_service_s: dict[Literal["cls", "seg", "dpt"], NonNegFloat] = {"cls": 0.002, "seg": 0.01, "dpt": 0.015}
     metric_s: NonNegFloat = Field(0.001, description="edge time of one quality-metric evaluation")
@@ -123,7 +138,11 @@ class TimingSpec(_Strict):
 
 
 class ReplaySpec(_Strict):
-    table: str = Field(description="benchmark table.parquet (relative to the scenario or the repo)")
+    table: str = Field(BUILTIN_TABLE, description="benchmark table.parquet (relative to the scenario or the repo); "
+                       f"'{BUILTIN_TABLE}': the table of the embedded model shipped with the package")
+    images: Literal["evaluation", "all"] = Field(
+        "evaluation", description="evaluation: only the half of the table's images the shipped rate plans were "
+        "not fitted on (odd positions in image-id order); all: every image")
 
 
 class LiveSpec(_Strict):
@@ -152,14 +171,25 @@ class Scenario(_Strict):
     timing: TimingSpec = TimingSpec()
     policy: str = Field("fixed", description="a label of `policies` or a registered policy name")
     baseline_policy: str | None = Field(None, description="policy that bandwidth savings are measured against")
+    compare: list[str] | None = Field(
+        None, description="policies `cfqa run` simulates on the same arrivals and links (default: `policy` alone); "
+        "with `fixed-matched` among them, the summary gives every policy's savings against it at equal accuracy")
     policies: dict[str, PolicySpec] = {}
     replay: ReplaySpec | None = None
     live: LiveSpec | None = None
     report: ReportSpec = ReportSpec()
 
     def policy_spec(self, label: str) -> PolicySpec:
-        """The policy configuration a label stands for (a registry name by itself)."""
-        return self.policies.get(label) or PolicySpec(name=label)
+        """The policy a label stands for: an entry of ``policies``, else ``name[:key=value...]``."""
+        if label in self.policies:
+            return self.policies[label]
+        from edge.policies.spec import parse_spec
+
+        try:
+            spec = parse_spec(label)
+        except CfqaError as exc:
+            raise ScenarioError(str(exc)) from None
+        return PolicySpec(name=spec.name, params=spec.params)
 
     @property
     def node_count(self) -> int:
@@ -230,11 +260,23 @@ class LoadedScenario:
 
         if self.scenario.replay is None:
             raise self.error(("replay",), "replay mode needs a 'replay: {table: ...}' section")
-        path = self.resolve(("replay", "table"), self.scenario.replay.table)
+        path = self.table_path()
         try:
-            return BenchmarkTable.load(path)
+            return BenchmarkTable.load(path, images=self.scenario.replay.images)
         except ScenarioError as exc:
             raise self.error(("replay", "table"), str(exc)) from None
+
+    def table_path(self) -> Path:
+        """The replay table's file (the shipped one for ``builtin:embedded``)."""
+        rel = self.scenario.replay.table
+        return shipped_table() if rel == BUILTIN_TABLE else self.resolve(("replay", "table"), rel)
+
+    def timing_path(self) -> Path | None:
+        """The timing profile's file, if one is named (the shipped one for ``builtin:embedded``)."""
+        rel = self.scenario.timing.profile
+        if rel is None:
+            return None
+        return shipped_timing() if rel == BUILTIN_TIMING else self.resolve(("timing", "profile"), rel)
 
     def table(self):
         """The benchmark table (replay mode)."""
@@ -242,10 +284,9 @@ class LoadedScenario:
 
     def timing_profile(self) -> dict | None:
         """The JSON timing profile, if one is named."""
-        rel = self.scenario.timing.profile
-        if rel is None:
+        path = self.timing_path()
+        if path is None:
             return None
-        path = self.resolve(("timing", "profile"), rel)
         try:
             return json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -412,6 +453,8 @@ def check_scenario(loaded: LoadedScenario) -> None:
         label = getattr(s, loc[0])
         if label is not None:
             check_policy(loaded, label, loc)
+    for i, label in enumerate(s.compare or ()):
+        check_policy(loaded, label, ("compare", i))
     for label in s.policies:
         check_policy(loaded, label, ("policies", label))
 

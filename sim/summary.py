@@ -13,6 +13,18 @@ Definitions (per policy):
   (mean of per-image RMSE, metres); ``*_uncompressed`` is the uncompressed
   model on the same frames; ``<task>_accuracy_drop`` is how much worse, in the
   unit of :func:`edge.policies.accuracy.accuracy_drop` (Cls/Seg points, Dpt %).
+- Equal-accuracy accounting (:mod:`cfqa_core.accounting`, the same as
+  ``cfqa policies eval``): a captured frame *succeeds* when its result is back
+  before the deadline and the cloud's output is within tolerance of the
+  uncompressed output (:mod:`cfqa_core.fidelity`); dropped, late and lost
+  frames are failures. ``success_rate`` (Wilson 95 % interval) and
+  ``bytes_per_captured_frame`` (bytes handed to the link / captured frames)
+  cover every frame whose deadline fell inside the run (``frames_not_due``:
+  still in flight at the end with time left, left out);
+  ``accuracy_delivered`` is accuracy against ground truth over delivered
+  frames; ``savings_vs_matched_fixed`` (paired bootstrap interval over
+  frames, resampling images: repeats of one image are not independent) is
+  against the ``fixed-matched`` policy when it was run.
 - ``latency_*``: capture to result back on the edge, delivered frames.
 - ``deadline_miss_rate``: (late + dropped) / finished frames.
 - Utilisation: edge compute time / (nodes x time), cloud busy server time /
@@ -25,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from cfqa_core.accounting import FrameLedger, compare, ledger
 from edge.policies.accuracy import accuracy_drop
 from sim.records import DROP_REASONS, DROPPED, LATE, OK, UNFINISHED
 from sim.traces import MTU_BYTES
@@ -88,13 +101,17 @@ def summarize(result) -> dict[str, Any]:
         "sim_time_s": _f(result.sim_end_s),
         "wall_s": _f(result.wall_s),
     }
+    out.update(accounting(result))
     tasks = np.array(result.group_tasks, dtype=object)[c["group"].astype(int)] if n else np.array([], dtype=object)
+    out["accuracy_delivered"] = {}
     for task, key in _TASK_SCORE.items():
         sel = delivered & (tasks == task)
         scores = c["task_score"][sel]
         ref = c["uncompressed_score"][sel]
         both = np.isfinite(scores) & np.isfinite(ref)
         out[key] = _f(np.nanmean(scores)) if np.isfinite(scores).any() else None
+        if out[key] is not None:
+            out["accuracy_delivered"][key] = out[key]
         out[f"{key}_uncompressed"] = _f(np.nanmean(ref)) if np.isfinite(ref).any() else None
         out[f"{task}_accuracy_drop"] = _f(accuracy_drop(task, scores[both], ref[both])) if both.any() else None
         out[f"{task}_gt_distortion"] = _f(np.nanmean(c["gt_distortion"][sel])) if sel.any() else None
@@ -102,9 +119,65 @@ def summarize(result) -> dict[str, Any]:
     return out
 
 
+def frame_ledger(result) -> FrameLedger:
+    """The run's captured frames that were due (deadline inside the run) as an accounting ledger."""
+    c = result.columns
+    status = c["status"]
+    if not status.size:
+        return FrameLedger(np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0, bool))
+    groups = c["group"].astype(int)
+    deadline = np.asarray(result.group_deadlines, dtype=np.float64)[groups]
+    due = (status != UNFINISHED) | (c["t_capture"] + deadline <= result.sim_end_s)
+    tasks = np.array(result.group_tasks, dtype=object)[groups]
+    sent = ~np.isnan(c["t_send_start"])
+    nbytes = np.where(sent, c["bytes"], 0)
+    # Frames of the same image are one piece of evidence for the interval: group by (task, image).
+    groups = np.char.add(tasks.astype(str), c["image"].astype(str))
+    return ledger(nbytes[due], (status == OK)[due], c["output_change"][due], tasks[due], groups=groups[due])
+
+
+def accounting(result) -> dict[str, Any]:
+    """Success rate, its interval and bytes per captured frame of one run."""
+    led = frame_ledger(result)
+    out = led.summary()
+    out["frames_not_due"] = int(result.columns["status"].size - led.frames)
+    return out
+
+
 def _met_rate(met: np.ndarray) -> float | None:
     known = met >= 0
     return _f(met[known].mean()) if known.any() else None
+
+
+MATCHED_FIXED = "fixed-matched"
+
+
+def add_matched_savings(summaries: dict[str, dict], results: list) -> str | None:
+    """Savings against ``fixed-matched`` on the same captured frames; returns the run's headline sentence."""
+    ledgers = {r.policy: frame_ledger(r) for r in results}
+    ref = ledgers.get(MATCHED_FIXED)
+    if ref is None:
+        return None
+    lines = []
+    for label, led in ledgers.items():
+        s = summaries[label]
+        if led.frames != ref.frames:
+            s["savings_vs_matched_fixed"] = None
+            continue
+        cmp = compare(led, ref)
+        s["savings_vs_matched_fixed"] = cmp["savings"]
+        s["savings_vs_matched_fixed_ci"] = cmp["savings_ci"]
+        s["success_rate_gap_vs_matched_fixed"] = cmp["success_rate_gap"]
+        s["equal_accuracy"] = cmp["equal_accuracy"]
+        if label != MATCHED_FIXED and cmp["savings"] is not None:
+            lo, hi = cmp["savings_ci"]
+            lines.append(
+                f"{label} saves {100 * cmp['savings']:+.1f} % of the bytes per captured frame of {MATCHED_FIXED} "
+                f"(95 % CI {100 * (lo or 0):+.1f} to {100 * (hi or 0):+.1f} %) at a success rate of "
+                f"{100 * (s['success_rate'] or 0):.1f} % vs "
+                f"{100 * (summaries[MATCHED_FIXED]['success_rate'] or 0):.1f} %"
+                + ("" if cmp["equal_accuracy"] else " (more than one point lower: not equal accuracy)"))
+    return "; ".join(lines) + "." if lines else None
 
 
 def add_savings(summaries: dict[str, dict], baseline: str | None) -> None:
@@ -127,6 +200,9 @@ def summary_table(summaries: dict[str, dict], label: str = "policy") -> list[tup
         ("frames", [str(s["frames_total"]) for s in rows]),
         ("dropped", [str(s["frames_dropped"]) for s in rows]),
         ("MB sent", [fmt(s["bytes_total"] / 1e6, "{:.2f}") for s in rows]),
+        ("B/captured", [fmt(s.get("bytes_per_captured_frame"), "{:.0f}") for s in rows]),
+        ("success", [fmt(s.get("success_rate"), "{:.1%}") for s in rows]),
+        ("vs matched", [fmt(s.get("savings_vs_matched_fixed"), "{:+.1%}") for s in rows]),
         ("savings", [fmt(s["bandwidth_savings_vs_baseline"], "{:+.1%}") for s in rows]),
         ("p50 s", [fmt(s["latency_p50_s"], "{:.3f}") for s in rows]),
         ("p99 s", [fmt(s["latency_p99_s"], "{:.3f}") for s in rows]),

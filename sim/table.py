@@ -50,12 +50,24 @@ class BenchmarkTable:
         self._arrays: dict[tuple[str, str], CodecArrays] = {}
 
     @classmethod
-    def load(cls, path: str | Path) -> BenchmarkTable:
-        """Read a ``table.parquet`` or a build folder (ScenarioError if unusable)."""
+    def load(cls, path: str | Path, images: str = "all") -> BenchmarkTable:
+        """Read a ``table.parquet`` or a build folder (ScenarioError if unusable).
+
+        ``images="evaluation"`` keeps, per task, only the images at odd positions in image-id
+        order: the half the shipped rate plans were not fitted on (:mod:`sim.ratecontrol.shipped`).
+        """
         try:
             frame = load_frame(path)
         except CfqaError as exc:
             raise ScenarioError(str(exc)) from None
+        if images == "evaluation":
+            keep = []
+            for _, ids in frame.groupby("task")["image_id"]:
+                ordered = np.sort(ids.unique())
+                keep.extend(ordered[1::2].tolist())
+            frame = frame[frame["image_id"].isin(set(keep))].reset_index(drop=True)
+        elif images != "all":
+            raise ScenarioError(f"replay.images must be 'evaluation' or 'all', got '{images}'")
         return cls(frame, source=str(path))
 
     def codec(self, task: str, codec: str) -> CodecArrays:

@@ -21,7 +21,8 @@ from cfqa_core.codecs import _ffmpeg
 from cfqa_core.codecs._subprocess import run_tool
 from cfqa_core.codecs.av1 import base_q_idx
 from cfqa_core.codecs.base import EncodedFeature, get_codec, registered_names
-from cfqa_core.codecs.block import PAPER_LADDER, BlockCodec
+from cfqa_core.codecs.block import BlockCodec
+from cfqa_core.codecs.ladders import HEVC_OPERATING_LADDER, PAPER_LADDER, ladder_of
 from cfqa_core.codecs.synthetic import EMBEDDED_SHAPES, PAPER_SHAPES, synthetic_feature
 from cfqa_core.codecs.hevc import HevcCodec, HevcX265CliCodec, decode_hevc
 from cfqa_core.codecs.vvc import VvcCodec, decode_vvc
@@ -56,16 +57,26 @@ def test_registry_has_every_block_codec():
     families = {n: get_codec(n).family for n in ("hevc", "hevc-x265", "hm", "vvc", "vtm", "av1")}
     assert families == {"hevc": "hevc", "hevc-x265": "hevc", "hm": "hevc",
                         "vvc": "vvc", "vtm": "vvc", "av1": "av1"}
-    assert get_codec("hevc").ladder == PAPER_LADDER == (2, 4, 6, 8, 10, 12, 14, 16, 18, 20)
+    assert get_codec("hevc").ladder == HEVC_OPERATING_LADDER
+    assert ladder_of(get_codec("hevc"), "paper") == PAPER_LADDER == (2, 4, 6, 8, 10, 12, 14, 16, 18, 20)
+    for name in ("hevc", "vvc", "av1"):
+        codec = get_codec(name)
+        ladder = ladder_of(codec, "operating")
+        lo, hi = codec.qp_range
+        assert list(ladder) == sorted(set(ladder)) and lo <= ladder[0] and ladder[-1] <= hi
+        assert ladder[-1] >= hi - 8, f"{name}'s operating ladder must reach the codec's low-rate end"
+    with pytest.raises(DataError, match="unknown ladder 'wide'"):
+        ladder_of(get_codec("hevc"), "wide")
 
 
 @pytest.mark.parametrize("name", LOSSY)
 def test_round_trip_meta_and_rate(name, cls_feature):
     codec = codec_or_skip(name)
     vr = feature_range(cls_feature)
-    enc = codec.encode(cls_feature, codec.ladder[0], value_range=vr)
+    top = ladder_of(codec, "paper")[0]  # the paper ladder's best rung: near-lossless
+    enc = codec.encode(cls_feature, top, value_range=vr)
     meta = enc.meta
-    assert meta["codec"] == name and meta["qp"] == codec.ladder[0] == enc.rate_point
+    assert meta["codec"] == name and meta["qp"] == top == enc.rate_point
     assert (meta["height"], meta["width"]) == (145, 128)
     assert (meta["padded_height"], meta["padded_width"]) == (152, 128)
     assert meta["shape"] == [1, 145, 128] and meta["bit_depth"] == 10 and meta["layout"] == "stack"

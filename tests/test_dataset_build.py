@@ -7,6 +7,7 @@ import pytest
 
 from cfqa_core.benchdata.builder import BuildConfig, build
 from cfqa_core.benchdata.schema import BASE_COLUMNS, read_table
+from cfqa_core.codecs.ladders import HEVC_OPERATING_LADDER
 from cfqa_core.errors import DataError, MetricError
 from cfqa_core.models import EMBEDDED_DIR
 
@@ -30,7 +31,7 @@ def built(tmp_path_factory):
 def test_table_has_one_row_per_rate_point(built):
     out, result = built
     table = read_table(out, metrics=("mse", "cosine", "cka"))
-    assert result.rows == len(table) == 2 * 10 and not result.failures
+    assert result.rows == len(table) == 2 * len(HEVC_OPERATING_LADDER) and not result.failures
     assert list(table.columns[: len(BASE_COLUMNS)]) == list(BASE_COLUMNS)
     for _, g in table.groupby("image_id"):
         g = g.sort_values("rate_point")
@@ -64,7 +65,7 @@ def test_corrupt_cache_entry_is_rebuilt(built):
     shard.write_bytes(b"garbage")
     result = build(_cfg(out))
     assert result.units_done == 1 and result.units_cached == 1
-    assert len(pd.read_parquet(shard)) == 10
+    assert len(pd.read_parquet(shard)) == len(HEVC_OPERATING_LADDER)
 
 
 def test_bad_requests_fail_before_work(tmp_path):

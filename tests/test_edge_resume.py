@@ -17,7 +17,7 @@ from cloud.server import ServerConfig, start_server
 from cloud.testing import free_port, test_model_spec, write_images
 from edge.backends import TorchBackend
 from edge.client import CloudClient, RetryPolicy, is_retryable
-from edge.runner import EdgeRunner, FixedQpPolicy, RunConfig, frame_id_of, load_image
+from edge.runner import EdgeRunner, RunConfig, build_policy, frame_id_of, load_image
 from edge.spool import JOURNAL, QUARANTINE, SUFFIX, SpoolItem, SpoolQueue, spool_name
 from proto.convert import load_codecs
 
@@ -55,7 +55,7 @@ def _runner(backend, target: str, spool: Path, **kw) -> EdgeRunner:
     cfg = dict(cloud=[target], tasks=("cls",), progress=False, retry=FAST_RETRY, senders=2, memory_items=2,
                spool_dir=spool, node_id="edge-test")
     cfg.update(kw)
-    return EdgeRunner(RunConfig(**cfg), backend, FixedQpPolicy(12))
+    return EdgeRunner(RunConfig(**cfg), backend, build_policy("fixed", {"qp": 12}))
 
 
 def _records(out: Path) -> list[dict]:

@@ -19,7 +19,7 @@ from cloud.server import ServerConfig, start_server
 from cloud.testing import free_port, test_model_spec, write_images
 from edge.backends import TorchBackend
 from edge.client import RetryPolicy
-from edge.runner import EdgeRunner, FixedQpPolicy, RunConfig, build_policy, load_image, register_policy
+from edge.runner import EdgeRunner, RunConfig, build_policy, load_image
 from proto.convert import load_codecs
 
 load_codecs()
@@ -67,7 +67,7 @@ def test_every_frame_delivered_with_its_record(engine, backend, images, tmp_path
     srv = _server(engine, server_id="only")
     try:
         out = tmp_path / "frames.jsonl"
-        runner = EdgeRunner(_config([f"127.0.0.1:{srv.port}"], tasks=("cls", "seg")), backend, FixedQpPolicy(10))
+        runner = EdgeRunner(_config([f"127.0.0.1:{srv.port}"], tasks=("cls", "seg")), backend, build_policy("fixed", {"qp": 10}))
         summary = runner.run(images, out)
     finally:
         srv.stop(0).wait()
@@ -98,7 +98,7 @@ def test_round_robin_over_two_replicas(engine, backend, images, tmp_path) -> Non
     out = tmp_path / "frames.jsonl"
     try:
         runner = EdgeRunner(_config([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"], senders=1),
-                            backend, FixedQpPolicy(20))
+                            backend, build_policy("fixed", {"qp": 20}))
         summary = runner.run(images, out)
     finally:
         a.stop(0).wait()
@@ -113,7 +113,7 @@ def test_round_robin_over_two_replicas(engine, backend, images, tmp_path) -> Non
 def test_cloud_down_then_up_delivers_everything(engine, backend, images, tmp_path) -> None:
     port = free_port()
     config = _config([f"127.0.0.1:{port}"], memory_items=1, spool_dir=tmp_path / "spool", senders=1)
-    runner = EdgeRunner(config, backend, FixedQpPolicy(16))
+    runner = EdgeRunner(config, backend, build_policy("fixed", {"qp": 16}))
     out = tmp_path / "frames.jsonl"
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault("summary", runner.run(images, out)))
@@ -140,7 +140,7 @@ def test_permanent_error_drops_with_reason(engine, backend, images) -> None:
     srv = _server(engine)
     try:
         runner = EdgeRunner(_config([f"127.0.0.1:{srv.port}"], model_version="no-such-version"),
-                            backend, FixedQpPolicy(10))
+                            backend, build_policy("fixed", {"qp": 10}))
         summary = runner.run(images[:3])
     finally:
         srv.stop(0).wait()
@@ -150,7 +150,7 @@ def test_permanent_error_drops_with_reason(engine, backend, images) -> None:
 
 def test_unreachable_cloud_frames_expire_with_reason(backend, images, tmp_path) -> None:
     out = tmp_path / "frames.jsonl"
-    runner = EdgeRunner(_config([f"127.0.0.1:{free_port()}"], max_age_s=1.0), backend, FixedQpPolicy(10))
+    runner = EdgeRunner(_config([f"127.0.0.1:{free_port()}"], max_age_s=1.0), backend, build_policy("fixed", {"qp": 10}))
     start = time.monotonic()
     summary = runner.run(images[:3], out)
     assert time.monotonic() - start < 60
@@ -164,13 +164,13 @@ def test_policy_seam_sends_the_metric(backend, images) -> None:
     class HalfQp:
         name = "test-per-task"
 
-        def decide(self, feature, codec, *, task, value_range, bit_depth):
+        def decide(self, feature, codec, *, task, value_range, bit_depth, split=None):
+            assert split == SPLIT
             qp = 8 if task == "cls" else 30
             enc = codec.encode(feature, qp, value_range=value_range, bit_depth=bit_depth)
             return enc, {"metric": float(np.abs(feature).mean()), "metric_name": "mean-abs", "why": task}
 
-    register_policy("test-per-task", lambda options: HalfQp())
-    policy = build_policy("test-per-task", {})
+    policy = HalfQp()
     runner = EdgeRunner(_config(["127.0.0.1:1"], tasks=("cls", "seg")), backend, policy)
     req, record = runner.build_request(5, load_image(images[0]), "x.png")
     runner.queue.close()
@@ -181,8 +181,9 @@ def test_policy_seam_sends_the_metric(backend, images) -> None:
     assert req.split_block == SPLIT and req.model_id == backend.info.name
     with pytest.raises(PolicyError, match="unknown policy"):
         build_policy("no-such-policy", {})
-    with pytest.raises(PolicyError, match="needs --qp"):
-        build_policy("fixed", {"qp": None})
+    with pytest.raises(PolicyError, match="unknown parameter 'bogus'"):
+        build_policy("fixed:bogus=1", {})
+    assert build_policy("fixed:qp=20", {}).params == {"qp": "20"}
 
 
 def test_cli_edge_run(engine, spec, images, tmp_path, capsys) -> None:

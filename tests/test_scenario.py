@@ -52,7 +52,7 @@ def test_shipped_scenarios_validate(path, table_path):
 def test_missing_table_names_field_and_line(tmp_path):
     path = tmp_path / "lte.yaml"
     text = (REPO_ROOT / "scenarios" / "lte_commute.yaml").read_text()
-    path.write_text(text.replace("results/benchmark/table.parquet", "results/absent/table.parquet"))
+    path.write_text(text.replace("table: builtin:embedded", "table: results/absent/table.parquet"))
     with pytest.raises(ScenarioError) as err:
         load_scenario(path)
     assert f"replay.table (line {line_containing(path, 'table:')}): file not found" in str(err.value)

@@ -33,7 +33,7 @@ def test_table_is_indexed_from_best_to_worst_quality(table_path):
     c = table.codec("cls", "hevc")
     assert c.rate_points == SYNTHETIC_QPS
     assert np.all(np.diff(c.sent_bytes.mean(axis=0)) < 0)
-    assert set(table.metric_names) == {"cosine", "mse", "psnr"}
+    assert set(table.metric_names) == {"cosine", "proxy", "mse", "psnr"}
     ids, ref = table.images("cls")
     assert np.all(ref == 1.0)
     # what is sent is the bitstream plus its decode sidecar

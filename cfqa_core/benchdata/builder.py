@@ -22,10 +22,9 @@ from tqdm import tqdm
 
 from cfqa_core.benchdata.originals import Originals, build_originals, load_originals, save_originals
 from cfqa_core.benchdata.schema import BASE_COLUMNS, DEFAULT_METRICS, TABLE_FILE
+from cfqa_core.codecs.ladders import DEFAULT_LADDER, ladder_of
 from cfqa_core.errors import CfqaError, DataError
 from cfqa_core.tasks import TASKS
-
-WIDE_BLOCK_LADDER = tuple(range(2, 52, 4))
 
 
 @dataclass
@@ -35,7 +34,7 @@ class BuildConfig:
     n_per_task: int = 100
     tasks: tuple[str, ...] = TASKS
     codecs: tuple[str, ...] | None = None  # None: every available codec
-    ladder: str = "paper"  # paper | wide
+    ladder: str = DEFAULT_LADDER  # operating | paper (cfqa_core.codecs.ladders)
     metrics: tuple[str, ...] = DEFAULT_METRICS
     workers: int = 2
     ray_address: str | None = None
@@ -68,15 +67,6 @@ def available_codecs() -> list[str]:
         if wanted and codec.availability()[0]:
             names.append(name)
     return names
-
-
-def codec_ladder(codec, ladder: str) -> tuple[int, ...]:
-    if ladder == "wide" and codec.family != "learned":
-        lo, hi = getattr(codec, "qp_range", (0, 51))
-        return tuple(q for q in WIDE_BLOCK_LADDER if lo <= q <= hi)
-    if ladder not in ("paper", "wide"):
-        raise DataError(f"unknown ladder '{ladder}' (paper or wide)")
-    return tuple(codec.ladder)
 
 
 # ---- per-process state of a worker ------------------------------------------------------
@@ -141,6 +131,7 @@ def run_unit(out: str, model_name: str, task: str, codec_name: str, index: int,
 
     import cfqa_core.codecs as codecs
     from cfqa_core.distortion import semantic_distortion
+    from cfqa_core.fidelity import output_change
     from cfqa_core.inference import predict, task_score
 
     out_dir = Path(out)
@@ -159,6 +150,9 @@ def run_unit(out: str, model_name: str, task: str, codec_name: str, index: int,
             cached = pd.read_parquet(shard)
         except Exception:  # noqa: BLE001 - corrupt shard: rebuild it, never reuse
             shard.unlink(missing_ok=True)
+    if cached is not None and (list(cached["rate_point"]) != [int(q) for q in ladder]
+                               or any(c not in cached.columns for c in BASE_COLUMNS)):
+        cached = None  # another ladder or an older schema: encode again
     if cached is not None and all(m in cached.columns for m in metrics) and len(cached) == len(ladder):
         return {"status": "cached"}
 
@@ -196,6 +190,7 @@ def run_unit(out: str, model_name: str, task: str, codec_name: str, index: int,
             "family": codec.family, "rate_index": rank, "bytes": enc.nbytes, "meta_bytes": enc.meta_bytes,
             "bpfp": enc.bpfp, "encode_s": t1 - t0, "decode_s": t2 - t1,
             "gt_distortion": semantic_distortion(output, ref, seg_classes=seg_classes, **gt),
+            "output_change": output_change(task, output, ref),
             "task_score": task_score(output, seg_classes=seg_classes, **gt),
             "ref_task_score": float(orig.ref_scores[index]),
             "feature_elements": int(f.size),
@@ -256,7 +251,7 @@ def build(cfg: BuildConfig) -> BuildResult:
     for name in names:
         codec = codecs.get_codec(name)
         codec.require_available()
-        ladders[name] = codec_ladder(codec, cfg.ladder)
+        ladders[name] = ladder_of(codec, cfg.ladder)
     originals = prepare_originals(cfg)
     applies = {name: codecs.get_codec(name).tasks for name in names}
     units = [(task, name, i) for task in cfg.tasks for name in names

@@ -20,6 +20,7 @@ BASE_COLUMNS: tuple[str, ...] = (
     "encode_s",
     "decode_s",
     "gt_distortion",   # the paper's semantic distortion (see cfqa_core.distortion)
+    "output_change",   # change of the task output from the uncompressed one (cfqa_core.fidelity)
     "task_score",      # absolute score vs ground truth from f^: cls correct 0/1, seg mIoU, dpt RMSE
     "ref_task_score",  # the same from the uncompressed feature f
     "feature_elements",

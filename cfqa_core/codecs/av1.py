@@ -29,8 +29,8 @@ from cfqa_core.codecs import _ffmpeg, _pyav
 from cfqa_core.codecs._subprocess import private_dir, read_output, run_tool
 from cfqa_core.codecs.base import register_codec
 from cfqa_core.codecs.block import BlockCodec, raw_frame_bytes
+from cfqa_core.codecs.ladders import AV1_OPERATING_LADDER, AV1_PAPER_LADDER
 
-AV1_LADDER: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 9, 11, 13)
 
 
 def base_q_idx(q: int) -> int:
@@ -49,7 +49,8 @@ class Av1Codec(BlockCodec):
 
     name: ClassVar[str] = "av1"
     family: ClassVar[str] = "av1"
-    ladder: ClassVar[tuple[int, ...]] = AV1_LADDER
+    ladder: ClassVar[tuple[int, ...]] = AV1_OPERATING_LADDER
+    paper_ladder: ClassVar[tuple[int, ...]] = AV1_PAPER_LADDER
     qp_range: ClassVar[tuple[int, int]] = (0, 63)
     bit_depths: ClassVar[tuple[int, ...]] = (8, 10, 12)
     container: ClassVar[str] = "obu"

@@ -133,6 +133,7 @@ class HevcLosslessCodec(HevcCodec):
 
     name: ClassVar[str] = "hevc-lossless"
     ladder: ClassVar[tuple[int, ...]] = (0,)
+    paper_ladder: ClassVar[tuple[int, ...]] = (0,)
     qp_range: ClassVar[tuple[int, int]] = (0, 0)
     lossless: ClassVar[bool] = True
 

@@ -29,6 +29,7 @@ from cfqa_core.codecs._subprocess import find_executable, private_dir, read_outp
 from cfqa_core.codecs.base import register_codec
 from cfqa_core.codecs.block import BlockCodec, frame_from_raw, raw_frame_bytes
 from cfqa_core.codecs.hevc import decode_hevc
+from cfqa_core.codecs.ladders import VVC_OPERATING_LADDER
 from cfqa_core.codecs.vvc import decode_vvc
 
 DEFAULT_TIMEOUT_S = 4 * 3600.0
@@ -144,6 +145,7 @@ class VtmCodec(_ReferenceCodec):
     family: ClassVar[str] = "vvc"
     tool: ClassVar[str] = "VTM"
     qp_range: ClassVar[tuple[int, int]] = (0, 63)
+    ladder: ClassVar[tuple[int, ...]] = VVC_OPERATING_LADDER
     bit_depths: ClassVar[tuple[int, ...]] = (8, 10)
     config_name: ClassVar[str] = "encoder_intra_vtm.cfg"
     encoder_names: ClassVar[tuple[str, ...]] = ("EncoderAppStatic", "EncoderApp")

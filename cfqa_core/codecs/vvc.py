@@ -32,6 +32,7 @@ from cfqa_core.codecs import _ffmpeg
 from cfqa_core.codecs._subprocess import private_dir, read_output, run_tool
 from cfqa_core.codecs.base import register_codec
 from cfqa_core.codecs.block import BlockCodec, raw_frame_bytes
+from cfqa_core.codecs.ladders import VVC_OPERATING_LADDER
 from cfqa_core.errors import CodecError
 
 VVENC_PRESETS = ("faster", "fast", "medium", "slow", "slower")
@@ -56,6 +57,7 @@ class VvcCodec(BlockCodec):
     name: ClassVar[str] = "vvc"
     family: ClassVar[str] = "vvc"
     qp_range: ClassVar[tuple[int, int]] = (0, 63)
+    ladder: ClassVar[tuple[int, ...]] = VVC_OPERATING_LADDER
     bit_depths: ClassVar[tuple[int, ...]] = (10,)
 
     def __init__(self, preset: str = "fast", picture_hash: bool = False, timeout: float = 1800.0,

@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--model", default="embedded")
     b.add_argument("--tasks", default="cls,seg,dpt")
     b.add_argument("--codecs", default=None, help="comma list (default: every available codec)")
-    b.add_argument("--ladder", default="paper", choices=["paper", "wide"])
+    b.add_argument("--ladder", default="operating", choices=["operating", "paper"],
+                   help="operating: task-lossless to task-broken (default); paper: the CFQA paper's QP 2..20")
     b.add_argument("--metrics", default=None, help="comma list (default: mse,psnr,cosine,cosine_flat,cka)")
     b.add_argument("--workers", type=int, default=2)
     b.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",

@@ -22,6 +22,7 @@ from cfqa_core.metrics.base import MetricFn, MetricSpec, check_pair
 from cfqa_core.metrics.cka import cka, cka_seed
 from cfqa_core.metrics.cosine import cosine, cosine_flat
 from cfqa_core.metrics.learned import learned
+from cfqa_core.metrics.proxy import proxy
 from cfqa_core.metrics.signal import mse, psnr
 
 __all__ = [
@@ -53,6 +54,7 @@ _add("cosine_flat", cosine_flat, True, (-1.0, 1.0))
 _add("cka", cka, True, (0.0, 1.0), min_ndim=2)
 _add("cka_seed", cka_seed, True, (0.0, 1.0), min_ndim=2)
 _add("learned", learned, False, None, kwargs=("task",), min_ndim=2)
+_add("proxy", proxy, False, None, kwargs=("task", "split"), min_ndim=2)
 
 
 def metric_names() -> list[str]:

@@ -16,8 +16,6 @@ import; nothing here imports the simulator.
 """
 from __future__ import annotations
 
-import sys
-
 from edge.policies import bandwidth, fixed, hybrid, oracle, target  # noqa: F401  (register the policies)
 from edge.policies.api import Decision, EncodeOutcome, Feedback, Policy, PolicyContext, as_decision
 from edge.policies.registry import POLICIES, get_policy, policy_names, register_policy
@@ -27,17 +25,3 @@ __all__ = [
     "get_policy", "policy_names", "register_policy",
 ]
 
-
-def _register_with_edge_runner() -> None:
-    """Offer these policies to ``cfqa edge run`` when its runner is loaded (it imports us on demand)."""
-    runner = sys.modules.get("edge.runner")
-    if runner is None:
-        return
-    from edge.policies.live import runner_factory
-
-    for name in POLICIES:
-        if name not in runner.POLICIES:
-            runner.register_policy(name, runner_factory(name))
-
-
-_register_with_edge_runner()

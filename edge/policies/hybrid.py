@@ -7,10 +7,13 @@ reason ("link budget ..."). Without a throughput estimate it is plain ``cfqa-tar
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pydantic import Field
 
 from edge.policies.api import Decision, PolicyContext
 from edge.policies.link import LinkParams, make_planner
+from edge.policies.plan import PlanStep, run_plan
 from edge.policies.registry import register_policy
 from edge.policies.target import CfqaTargetPolicy, TargetParams, fallback_decision, frame_statistic
 
@@ -32,9 +35,11 @@ class HybridPolicy(CfqaTargetPolicy):
 
     def decide(self, ctx: PolicyContext) -> Decision:
         planner = self.planner
-        resolved = self.resolver.resolve(ctx.task, ctx.codec, ctx.ladder)
         budget = planner.budget(ctx)
         ceiling, _ = planner.ceiling(ctx, budget)
+        if self.plans is not None:
+            return planner.finish(ctx, self._plan_within(ctx, ceiling))
+        resolved = self.resolver.resolve(ctx.task, ctx.codec, ctx.ladder)
         if resolved.target is None:
             if resolved.always_best and ceiling > 0:
                 best_fit = ctx.ladder[ceiling]
@@ -63,3 +68,15 @@ class HybridPolicy(CfqaTargetPolicy):
                 reason = (f"link budget: {rp} is the highest quality that fits {budget:.0f} bytes "
                           f"({nbytes} sent), {resolved.target.metric} {value:.6g} (needs {resolved.target.describe()})")
         return planner.finish(ctx, ctx.decision(rp, value, met, reason))
+
+    def _plan_within(self, ctx: PolicyContext, ceiling: int) -> Decision:
+        """The rate plan with every step capped at the best quality the link budget carries."""
+        plan = self.plans.get(ctx.task, ctx.codec)
+        ceiling = min(max(ceiling, 0), len(ctx.ladder) - 1)
+        capped = tuple(PlanStep(ctx.ladder[max(ctx.ladder.index(s.rate_point), ceiling)]
+                                if s.rate_point in ctx.ladder else s.rate_point, s.threshold) for s in plan.steps)
+        decision = run_plan(ctx, replace(plan, steps=capped))
+        if capped != plan.steps:
+            return decision._replace(reason=f"link budget: the plan capped at {ctx.ladder[ceiling]}, the best "
+                                            "quality predicted to fit")
+        return decision

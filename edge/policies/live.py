@@ -32,7 +32,7 @@ def metric_value_range(value_range: Any) -> tuple[float, float]:
 class LiveContext(PolicyContext):
     """A policy context over one real feature: real encodes, local decodes and metric scores."""
 
-    __slots__ = ("codec_impl", "value_range", "bit_depth", "metric_names", "bitstreams", "_feature_shape")
+    __slots__ = ("codec_impl", "value_range", "bit_depth", "metric_names", "bitstreams", "_feature_shape", "split")
 
     def __init__(
         self,
@@ -53,6 +53,7 @@ class LiveContext(PolicyContext):
         previous_rate_point: int | None = None,
         judge: Callable[[int], float] | None = None,
         rng: np.random.Generator | None = None,
+        split: int | None = None,
     ) -> None:
         super().__init__(
             node_id=node_id, frame_idx=frame_idx, task=task, codec=codec.name,
@@ -62,6 +63,7 @@ class LiveContext(PolicyContext):
             feature=np.asarray(feature, dtype=np.float32),
         )
         self.codec_impl = codec
+        self.split = split  # the block the feature comes from (task-aware metrics such as ``proxy`` need it)
         self.value_range = value_range
         self.bit_depth = bit_depth
         self.metric_names = [metric] if isinstance(metric, str) else list(metric or ())
@@ -85,7 +87,7 @@ class LiveContext(PolicyContext):
         t0 = time.perf_counter()
         fhat = self.codec_impl.decode(self.bitstreams[out.rate_point]).reshape(self.feature.shape)
         t1 = time.perf_counter()
-        scores = compute_metrics(self.metric_names, self.feature, fhat, task=self.task,
+        scores = compute_metrics(self.metric_names, self.feature, fhat, task=self.task, split=self.split,
                                  value_range=metric_value_range(self.value_range)) if self.metric_names else {}
         t2 = time.perf_counter()
         return out._replace(metrics=scores, decode_s=t1 - t0), t2 - t0
@@ -135,10 +137,10 @@ class RunnerPolicy:
         return self._policies[task]
 
     def decide(self, feature: np.ndarray, codec: FeatureCodec, *, task: str, value_range: Any,
-               bit_depth: int) -> tuple[EncodedFeature, dict[str, Any]]:
+               bit_depth: int, split: int | None = None) -> tuple[EncodedFeature, dict[str, Any]]:
         policy = self._policy(task)
         metric = getattr(policy, "metric", None) or getattr(getattr(policy, "params", None), "metric", None)
-        ctx = LiveContext(feature, codec, value_range, metric, task=task, bit_depth=bit_depth,
+        ctx = LiveContext(feature, codec, value_range, metric, task=task, bit_depth=bit_depth, split=split,
                           frame_idx=self._frames.get(task, 0), time_left_s=self.deadline_s,
                           throughput_bps=self.throughput_bps, previous_rate_point=self._previous.get(task))
         decision = as_decision(policy.decide(ctx), ctx)
@@ -148,7 +150,7 @@ class RunnerPolicy:
 
 
 def runner_factory(name: str) -> Callable[[dict[str, Any]], RunnerPolicy]:
-    """``factory(options) -> RunnerPolicy`` for ``edge.runner.register_policy`` (options may be strings)."""
+    """``factory(options) -> RunnerPolicy`` for :func:`edge.runner.build_policy` (options may be strings)."""
 
     def factory(options: dict[str, Any]) -> RunnerPolicy:
         opts = {k: v for k, v in options.items() if v is not None}

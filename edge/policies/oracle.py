@@ -1,25 +1,28 @@
 """``oracle``: the lowest rate whose task output is unchanged -- a bound, not a deployable policy.
 
-It knows the true semantic distortion (the task heads run at the edge, or the
-benchmark table says): scanning from the lowest quality upwards, it sends the
-first rate point whose task damage (:mod:`edge.policies.accuracy`) is within
-``tolerance`` (default: the task's "unchanged" tolerance -- cls: same top-1
-decision; seg: 0.1 mIoU point; dpt: 0.1 % RMSE). When no rate point leaves
-the output unchanged it sends the least damaged one (ties: the cheaper) and
-says so. Needs a context that can judge (``ctx.judge``). Its decision's
-``metric`` is the task damage at the chosen rate point.
+It knows how far the cloud's output moves from the uncompressed output at
+each rate point (:mod:`cfqa_core.fidelity`; the task heads run at the edge,
+or the benchmark table says): scanning from the lowest quality upwards, it
+sends the first rate point whose output change is within ``tolerance``
+(default: the task's output tolerance -- cls: same top-1; seg: <= 2 % of
+pixels relabelled; dpt: RMSE <= 2 % of the mean depth). It never prefers a
+rung because compression happened to move the output closer to ground
+truth. When no rate point is within tolerance it sends the least changed
+one (ties: the cheaper) and says so. Needs a context that can judge
+(``ctx.judge``). Its decision's ``metric`` is the output change at the
+chosen rate point.
 """
 from __future__ import annotations
 
 from pydantic import Field
 
-from edge.policies.accuracy import UNCHANGED_TOLERANCE
+from cfqa_core.fidelity import tolerance_for
 from edge.policies.api import Decision, PolicyContext
 from edge.policies.registry import PolicyParams, register_policy
 
 
 class OracleParams(PolicyParams):
-    tolerance: float | None = Field(None, ge=0)  # task damage counted as unchanged (task default if None)
+    tolerance: float | None = Field(None, ge=0)  # output change allowed (cfqa_core.fidelity default if None)
 
 
 @register_policy("oracle")
@@ -33,7 +36,7 @@ class OraclePolicy:
         self.params = params or OracleParams()
 
     def decide(self, ctx: PolicyContext) -> Decision:
-        tol = self.params.tolerance if self.params.tolerance is not None else UNCHANGED_TOLERANCE[ctx.task]
+        tol = self.params.tolerance if self.params.tolerance is not None else tolerance_for(ctx.task)
         damages: dict[int, float] = {}
         for i in range(len(ctx.ladder) - 1, -1, -1):
             damages[i] = ctx.judge(ctx.ladder[i])
@@ -41,5 +44,5 @@ class OraclePolicy:
                 return ctx.decision(ctx.ladder[i], damages[i], True)
         best = min(damages, key=lambda i: (damages[i], -i))
         return ctx.decision(ctx.ladder[best], damages[best], False,
-                            f"output changed: no rate point leaves it unchanged; least damage {damages[best]:.3g} "
+                            f"output changed: no rate point keeps it within tolerance; least change {damages[best]:.3g} "
                             f"at {ctx.ladder[best]}")

@@ -2,8 +2,8 @@
 
 A trial encode of image ``i`` at a rate point is a lookup: bytes sent
 (bitstream + decode sidecar), the measured ``encode_s`` and ``decode_s`` and
-every metric column; ``judge`` gives the true task damage
-(:func:`edge.policies.accuracy.damage`) for the oracle.
+every metric column; ``judge`` gives how far the task output moved from
+the uncompressed one (:mod:`cfqa_core.fidelity`) for the oracle.
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import math
 
 import numpy as np
 
-from edge.policies.accuracy import damage
 from edge.policies.api import EncodeOutcome, PolicyContext
 from edge.policies.table import ReplayArrays
 
@@ -34,7 +33,7 @@ def replay_context(arr: ReplayArrays, i: int, *, frame_idx: int, node_id: int = 
                              {m: float(v[i, r]) for m, v in metrics.items()}, float(arr.decode_s[i, r]))
 
     def judge(rp: int) -> float:
-        return float(damage(arr.task, arr.task_score[i, col[rp]], arr.ref_score[i]))
+        return float(arr.output_change[i, col[rp]])
 
     return PolicyContext(
         node_id=node_id, frame_idx=frame_idx, task=arr.task, codec=arr.codec, ladder=arr.rate_points, now_s=0.0,

@@ -2,11 +2,14 @@
 
 The edge encodes, decodes locally, scores the result with the metric and
 moves along the ladder (Figure 1 right of the CFQA paper: re-encode at a
-higher rate when the score is too low). The target is either a raw metric
-value (``threshold=0.995``) or a task accuracy (``target_accuracy_drop=1.0``
-with a ``calibration`` file from ``cfqa calibrate``), resolved per task and
-codec. The search (:mod:`edge.policies.search`) keeps the mean number of
-encodes per frame low.
+higher rate when the score is too low). By default (no parameters) it runs the
+calibrated rate plans shipped for the embedded model (:mod:`edge.policies.plan`:
+probe a cheap rung, score it with the task-aware ``proxy`` metric, fall back
+to a safe rung; at most two encodes), or the plans of ``plan=FILE``. It can
+instead chase a raw metric value (``threshold=0.995``) or a task accuracy
+(``target_accuracy_drop=1.0`` with a ``calibration`` file from ``cfqa
+calibrate``), resolved per task and codec, with a search
+(:mod:`edge.policies.search`) that keeps the mean number of encodes low.
 
 An unreachable target is not an error: the frame goes out at the highest
 quality with ``met_target=False`` and the reason.
@@ -24,6 +27,7 @@ from pydantic import Field, model_validator
 from cfqa_core.errors import PolicyError
 from edge.policies.api import Decision, PolicyContext
 from edge.policies.calibration import Calibration, load_calibration
+from edge.policies.plan import DEFAULT_PLANS, RatePlans, run_plan
 from edge.policies.registry import PolicyParams, register_policy
 from edge.policies.search import TargetSearch, feature_statistic
 from edge.policies.targets import MetricTarget, make_target
@@ -36,6 +40,7 @@ class TargetParams(PolicyParams):
     threshold: float | None = None                 # a raw metric target ...
     target_accuracy_drop: float | None = Field(None, ge=0)  # ... or a task accuracy target (needs calibration)
     calibration: str | None = None                 # file written by `cfqa calibrate`
+    plan: str | None = None                        # rate plans (default: the shipped ones when no target is given)
     higher_is_better: bool | None = None           # for metrics outside the registry
     metric_range: tuple[float, float] | None = None
     search: Literal["model", "bisect", "exhaustive"] = "model"
@@ -48,8 +53,10 @@ class TargetParams(PolicyParams):
 
     @model_validator(mode="after")
     def _one_target(self) -> TargetParams:
-        if (self.threshold is None) == (self.target_accuracy_drop is None):
-            raise ValueError("give exactly one of threshold or target_accuracy_drop")
+        if self.threshold is not None and self.target_accuracy_drop is not None:
+            raise ValueError("give at most one of threshold or target_accuracy_drop")
+        if self.plan is not None and (self.threshold is not None or self.target_accuracy_drop is not None):
+            raise ValueError("plan replaces threshold and target_accuracy_drop: give one of the three")
         if self.target_accuracy_drop is not None and self.calibration is None:
             raise ValueError("target_accuracy_drop needs a calibration file")
         return self
@@ -146,12 +153,21 @@ class CfqaTargetPolicy:
 
     def __init__(self, params: TargetParams) -> None:
         self.params = params
-        self.resolver = TargetResolver(params)
+        self.plans: RatePlans | None = None
+        self.resolver: TargetResolver | None = None
+        if params.threshold is None and params.target_accuracy_drop is None:
+            self.plans = RatePlans.load(params.plan or DEFAULT_PLANS)
+            metrics = {p.metric for p in self.plans.plans.values()}
+            if params.metric is not None and metrics != {params.metric}:
+                raise PolicyError(f"metric '{params.metric}' differs from the rate plans' {sorted(metrics)}")
+            self._plan_metric = sorted(metrics)[0] if metrics else DEFAULT_METRIC
+        else:
+            self.resolver = TargetResolver(params)
         self._searches: dict[tuple[str, str], TargetSearch] = {}
 
     @property
     def metric(self) -> str:
-        return self.resolver.metric
+        return self._plan_metric if self.resolver is None else self.resolver.metric
 
     def search_for(self, ctx: PolicyContext, resolved: ResolvedTarget) -> TargetSearch:
         key = (ctx.task, ctx.codec)
@@ -160,6 +176,8 @@ class CfqaTargetPolicy:
         return self._searches[key]
 
     def decide(self, ctx: PolicyContext) -> Decision:
+        if self.plans is not None:
+            return run_plan(ctx, self.plans.get(ctx.task, ctx.codec))
         resolved = self.resolver.resolve(ctx.task, ctx.codec, ctx.ladder)
         if resolved.target is None:
             return fallback_decision(ctx, resolved)

@@ -24,6 +24,8 @@ def synthetic_frame(difficulty: np.ndarray, *, task: str = "cls", codec: str = "
     cosine = 1 - base_gap x difficulty x 2^((qp - qps[0]) / qp_per_doubling), monotone in QP;
     bytes = base_bytes x difficulty^0.5 x 2^(-(qp - qps[0]) / 6). cls: task_score 1 when
     cosine >= cutoff else 0; seg/dpt: ``ref_score`` moved by 10 x (cutoff - cosine) when below.
+    ``output_change``: cls 1 when the output is wrong; seg/dpt 20 x (1 - cosine), so that it is
+    within the default 2 % tolerance exactly when cosine >= 0.999 (the default ``cutoff``).
     """
     import pandas as pd
 
@@ -46,7 +48,8 @@ def synthetic_frame(difficulty: np.ndarray, *, task: str = "cls", codec: str = "
                 "image_id": f"img{i:04d}", "task": task, "codec": codec, "rate_point": qp, "family": codec,
                 "rate_index": rank, "bytes": nbytes, "meta_bytes": 50, "bpfp": 8.0 * nbytes / ELEMENTS,
                 "encode_s": 0.010 + 0.001 * rng.random(), "decode_s": 0.002, "gt_distortion": dist,
+                "output_change": (0.0 if ok else 1.0) if task == "cls" else 20.0 * gap,
                 "task_score": score, "ref_task_score": ref_score, "feature_elements": ELEMENTS,
-                "cosine": cos, "mse": gap * 0.5, "psnr": 10.0 * np.log10(1.0 / (gap * 0.5)),
+                "cosine": cos, "proxy": gap / (1.0 - cutoff), "mse": gap * 0.5, "psnr": 10.0 * np.log10(1.0 / (gap * 0.5)),
             })
-    return pd.DataFrame(rows, columns=[*BASE_COLUMNS, "cosine", "mse", "psnr"])
+    return pd.DataFrame(rows, columns=[*BASE_COLUMNS, "cosine", "proxy", "mse", "psnr"])

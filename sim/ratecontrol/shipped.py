@@ -1,0 +1,51 @@
+"""The rate plans a package ships: fitted on the calibration half of a benchmark table only.
+
+The simulator's replay mode draws its frames from the evaluation half
+(:func:`evaluation_images`), so a shipped plan never runs on an image it was
+fitted on.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cfqa_core.accounting import DEFAULT_TARGET_SUCCESS
+from edge.policies.plan import RatePlans
+from edge.policies.table import load_frame, replay_arrays, tasks_and_codecs
+from sim.ratecontrol.fit import fit_plan
+
+
+def calibration_images(n: int) -> np.ndarray:
+    """Positions (in image-id order) of the calibration half: even positions."""
+    return np.arange(0, n, 2)
+
+
+def evaluation_images(n: int) -> np.ndarray:
+    """Positions (in image-id order) of the evaluation half: odd positions."""
+    return np.arange(1, n, 2)
+
+
+def fit_shipped_plans(table: str | Path, out: str | Path, *, tasks: Sequence[str] | None = None,
+                      codecs: Sequence[str] | None = None, metric: str = "proxy",
+                      target: float = DEFAULT_TARGET_SUCCESS,
+                      tolerance: Mapping[str, float] | None = None) -> RatePlans:
+    """Fit one plan per (task, codec) on the calibration half and write them to ``out``."""
+    frame = load_frame(table)
+    plans = {}
+    for task, present in tasks_and_codecs(frame).items():
+        if tasks and task not in tasks:
+            continue
+        for codec in present:
+            if codecs and codec not in codecs:
+                continue
+            arr = replay_arrays(frame, task, codec)
+            cal = calibration_images(arr.n_images)
+            sent = arr.bytes + arr.meta_bytes
+            plans[(task, codec)] = fit_plan(task, codec, arr.rate_points, metric, arr.metric(metric)[cal],
+                                            arr.output_change[cal], sent[cal], target=target, tolerance=tolerance)
+    result = RatePlans(plans, {"table": str(table), "half": "calibration (even image positions)",
+                               "target_success": target, "tolerance": dict(tolerance or {})})
+    result.save(out)
+    return result
