@@ -119,3 +119,11 @@ def test_ladder_halves_split_each_feature_by_rate_index():
     assert low.groupby("image_id").size().to_dict() == {"im000": 4, "im001": 3, "im002": 4}
     with pytest.raises(DataError, match="lacks column.*rate_index"):
         ladder_halves(t.drop(columns="rate_index"))
+
+
+def test_no_interval_from_a_handful_of_originals():
+    results = run_protocol(ladder_table(lambda d, rng: d + rng.normal(0, 0.3, d.size), images=9), ["mse"])[1]
+    r = results["hevc/dpt/mse"]
+    assert r["n"] == 9 and r["plcc"] is not None and r["plcc_ci"] is None and r["srocc_ci"] is None
+    r = run_protocol(ladder_table(lambda d, rng: d + rng.normal(0, 0.3, d.size), images=10), ["mse"])[1]
+    assert r["hevc/dpt/mse"]["plcc_ci"] is not None

@@ -174,7 +174,7 @@ def test_protocol_bad_input():
 
 
 def test_report_files(tmp_path):
-    table = make_table(images=4, tasks=("cls", "seg"), codecs=("hevc", "hyper"))
+    table = make_table(images=10, tasks=("cls", "seg"), codecs=("hevc", "hyper"))
     rep = build_report(table, tmp_path / "rep", ["mse", "cosine", "cka"], source="synthetic")
     out = tmp_path / "rep"
     md = (out / "report.md").read_text()
@@ -222,7 +222,7 @@ def run(capsys, *argv):
 
 
 def test_cli_table_json(tmp_path, capsys):
-    table = make_table(images=4, tasks=("cls", "dpt"))
+    table = make_table(images=10, tasks=("cls", "dpt"))
     path = write_table(tmp_path / "table.parquet", table)
     code, out, err = run(capsys, "bench", "--table", str(path), "--metrics", "mse,cka", "--json")
     assert code == 0, err
@@ -271,7 +271,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, argv, needle):
 def test_cli_paper_table_side_by_side(tmp_path, capsys):
     for name, ladder, seed in (("op", "operating", 0), ("paper", "paper", 1)):
         (tmp_path / name).mkdir()
-        write_table(tmp_path / name / "table.parquet", make_table(images=4, tasks=("cls", "seg"), seed=seed))
+        write_table(tmp_path / name / "table.parquet", make_table(images=10, tasks=("cls", "seg"), seed=seed))
         (tmp_path / name / "build.json").write_text(json.dumps({"config": {"ladder": ladder}}))
     code, out, err = run(capsys, "bench", "--table", str(tmp_path / "op"), "--paper-table", str(tmp_path / "paper"),
                          "--metrics", "mse,cosine", "--json")

@@ -39,6 +39,7 @@ TARGETS: tuple[str, ...] = ("gt_distortion", "output_change")
 # In-sample columns: a metric fitted on this table's build scores its own training rows there.
 IN_SAMPLE_METRICS = frozenset({"learned"})
 MIN_POINTS = 3
+MIN_INTERVAL_FEATURES = 10  # fewer defined features: the cell's interval is reported as null
 HANDCRAFTED_FAMILIES = frozenset({"hevc", "vvc", "av1", "hm", "vtm"})
 LEARNED_FAMILIES = frozenset({"learned", "hyperprior"})
 
@@ -225,7 +226,8 @@ def summarise(per_feature, boot=None) -> tuple:
     ``srocc`` over features, their standard deviation, the oriented means, the
     feature counts and 95 % bootstrap intervals over originals (``plcc_lo`` /
     ``plcc_hi``, ... ; ``boot`` is an :class:`~cfqa_core.bench.bootstrap.OriginalBootstrap`,
-    drawn with the fixed seed when not given). The dict is keyed
+    drawn with the fixed seed when not given; null below ``MIN_INTERVAL_FEATURES``
+    defined features). The dict is keyed
     ``"{codec}/{task}/{metric}"`` with ``plcc``, ``plcc_ci``, ``srocc``,
     ``srocc_ci``, ``n`` (features used), ``n_constant``, ``n_nonfinite``, ``n_short``.
     """
@@ -254,6 +256,8 @@ def summarise(per_feature, boot=None) -> tuple:
         }
         for col in ("plcc", "srocc"):
             lo, hi = interval(boot.cell(task, ids, g[col].to_numpy()).mean())
+            if row["n"] < MIN_INTERVAL_FEATURES:
+                lo, hi = float("nan"), float("nan")  # a handful of originals gives no 95 % interval
             row[f"{col}_lo"], row[f"{col}_hi"] = lo, hi
             # Orienting multiplies by a constant sign: a negative one swaps the interval's ends.
             olo, ohi = sorted((lo * sign, hi * sign)) if np.isfinite(sign) else (np.nan, np.nan)

@@ -31,6 +31,7 @@ from cfqa_core.bench.findings import (
     proxy_verdict,
 )
 from cfqa_core.bench.protocol import (
+    MIN_INTERVAL_FEATURES,
     per_feature_correlations,
     refuse_in_sample,
     resolve_metrics,
@@ -226,6 +227,12 @@ def _verdict_count(found: Sequence[Verdict]) -> str:
     return ", ".join(f"{counts[s]} {s}" for s in order if counts[s])
 
 
+def _no_interval(cells) -> str:
+    """' (k without an interval: fewer than N originals)' when some cells have none."""
+    k = int((~np.isfinite(cells["plcc_oriented_lo"].to_numpy(np.float64))).sum())
+    return f" ({k} without an interval: fewer than {MIN_INTERVAL_FEATURES} originals)" if k else ""
+
+
 def headline(run: Ladder, paper: Ladder | None = None, fidelity: Ladder | None = None) -> list[str]:
     """The report's opening summary, computed from the same figures as the tables."""
     s = run.summary
@@ -246,6 +253,7 @@ def headline(run: Ladder, paper: Ladder | None = None, fidelity: Ladder | None =
         excl = cos[(cos["plcc_oriented_lo"] > 0) | (cos["plcc_oriented_hi"] < 0)]
         worst = cos.loc[cos["plcc_oriented"].idxmin()] if np.isfinite(cos["plcc_oriented"]).any() else None
         text = f"Cosine's PLCC interval excludes 0 in {len(excl)} of {len(cos)} codec x task cells"
+        text += _no_interval(cos)
         if worst is not None:
             text += (f"; weakest cell {worst['codec']}/{worst['task']} {worst['plcc_oriented']:+.2f}"
                      f"{_ci(worst['plcc_oriented_lo'], worst['plcc_oriented_hi'], 2)}")
@@ -272,7 +280,8 @@ def headline(run: Ladder, paper: Ladder | None = None, fidelity: Ladder | None =
         excl = int(((cos["plcc_oriented_lo"] > 0) | (cos["plcc_oriented_hi"] < 0)).sum())
         cov = ps[ps["n_features"] > 0]
         share = float((cov["n"] / cov["n_features"]).mean()) if len(cov) else float("nan")
-        out.append(f"On the {paper.name} ladder: cosine's PLCC interval excludes 0 in {excl} of {len(cos)} cells; "
+        out.append(f"On the {paper.name} ladder: cosine's PLCC interval excludes 0 in {excl} of {len(cos)} cells"
+                   f"{_no_interval(cos)}; "
                    f"on average {share:.0%} of originals have a defined correlation; findings: "
                    f"{_verdict_count(paper.verdicts)}.")
     if fidelity is not None:
@@ -461,7 +470,7 @@ def _ladder_section(run: Ladder, level: str = "##") -> list[str]:
         f"Source: `{run.source}`. Ladder: {run.describe()}." if run.source else f"Ladder: {run.describe()}.",
         "",
         "`n`: originals with a defined correlation / originals (the fewest over the row's metrics is in the "
-        "coverage table).",
+        f"coverage table). No interval where fewer than {MIN_INTERVAL_FEATURES} originals have one.",
         "",
         results_table_markdown(run.summary, run.metrics),
         "",
