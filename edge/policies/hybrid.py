@@ -70,13 +70,22 @@ class HybridPolicy(CfqaTargetPolicy):
         return planner.finish(ctx, ctx.decision(rp, value, met, reason))
 
     def _plan_within(self, ctx: PolicyContext, ceiling: int) -> Decision:
-        """The rate plan with every step capped at the best quality the link budget carries."""
+        """The rate plan with its probe capped at the best quality the link budget carries.
+
+        Only a rung the metric has cleared is sent degraded: a capped probe that fails the
+        metric falls back to the plan's own safe rung (which may then arrive late), never to an
+        unverified cheaper one -- a frame on time with a changed output is a failure too.
+        """
         plan = self.plans.get(ctx.task, ctx.codec)
         ceiling = min(max(ceiling, 0), len(ctx.ladder) - 1)
-        capped = tuple(PlanStep(ctx.ladder[max(ctx.ladder.index(s.rate_point), ceiling)]
-                                if s.rate_point in ctx.ladder else s.rate_point, s.threshold) for s in plan.steps)
-        decision = run_plan(ctx, replace(plan, steps=capped))
-        if capped != plan.steps:
-            return decision._replace(reason=f"link budget: the plan capped at {ctx.ladder[ceiling]}, the best "
-                                            "quality predicted to fit")
+        steps = list(plan.steps)
+        probe = steps[0]
+        # A one-step plan has no metric check to clear a cheaper rung with: it is not degraded.
+        capped = len(steps) > 1 and probe.rate_point in ctx.ladder and ctx.ladder.index(probe.rate_point) < ceiling
+        if capped:
+            steps[0] = PlanStep(ctx.ladder[ceiling], probe.threshold)
+        decision = run_plan(ctx, replace(plan, steps=tuple(steps)))
+        if capped:
+            return decision._replace(reason=f"link budget: probe capped at {ctx.ladder[ceiling]}, the best quality "
+                                            "predicted to fit")
         return decision

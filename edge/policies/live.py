@@ -140,7 +140,12 @@ class RunnerPolicy:
                bit_depth: int, split: int | None = None) -> tuple[EncodedFeature, dict[str, Any]]:
         policy = self._policy(task)
         metric = getattr(policy, "metric", None) or getattr(getattr(policy, "params", None), "metric", None)
+        ladder = tuple(codec.ladder)
+        if getattr(policy, "plans", True) is None and hasattr(policy, "rate_point"):
+            # A fixed rate point off the codec's ladder (``--qp 12``) is still a rate point the codec takes.
+            ladder = tuple(sorted({*ladder, int(policy.rate_point(ladder))}))
         ctx = LiveContext(feature, codec, value_range, metric, task=task, bit_depth=bit_depth, split=split,
+                          ladder=ladder,
                           frame_idx=self._frames.get(task, 0), time_left_s=self.deadline_s,
                           throughput_bps=self.throughput_bps, previous_rate_point=self._previous.get(task))
         decision = as_decision(policy.decide(ctx), ctx)

@@ -103,6 +103,11 @@ class RatePlans:
 
 def run_plan(ctx, plan: RatePlan):
     """Walk the plan's steps on one frame; returns the context's Decision."""
+    fitted_split, split = plan.fitted.get("split"), getattr(ctx, "split", None)
+    if fitted_split is not None and split is not None and int(split) != int(fitted_split):
+        raise PolicyError(f"rate plan {plan.task}/{plan.codec} was fitted on features after block {fitted_split}; "
+                          f"this edge sends block {split}: fit plans on a table of that split "
+                          f"('cfqa policies fit'), or send block {fitted_split}")
     for step in plan.steps[:-1]:
         if step.rate_point not in ctx.ladder:
             raise PolicyError(f"rate plan {plan.task}/{plan.codec}: rate point {step.rate_point} is not on the "

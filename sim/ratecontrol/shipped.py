@@ -27,6 +27,21 @@ def evaluation_images(n: int) -> np.ndarray:
     return np.arange(1, n, 2)
 
 
+def table_split(table: str | Path) -> int | None:
+    """The split block of a build's features: the model's last block (the paper's protocol), if known."""
+    import json
+
+    build = Path(table) if Path(table).is_dir() else Path(table).parent
+    try:
+        model = json.loads((build / "build.json").read_text())["config"]["model"]
+    except (OSError, ValueError, KeyError):
+        model = "embedded"
+    if model != "embedded":
+        return None
+    meta = Path(__file__).resolve().parents[2] / "cfqa_core" / "weights" / "embedded" / "meta.json"
+    return int(json.loads(meta.read_text())["config"]["depth"])
+
+
 def fit_shipped_plans(table: str | Path, out: str | Path, *, tasks: Sequence[str] | None = None,
                       codecs: Sequence[str] | None = None, metric: str = "proxy",
                       target: float = DEFAULT_TARGET_SUCCESS,
@@ -45,7 +60,10 @@ def fit_shipped_plans(table: str | Path, out: str | Path, *, tasks: Sequence[str
             sent = arr.bytes + arr.meta_bytes
             plans[(task, codec)] = fit_plan(task, codec, arr.rate_points, metric, arr.metric(metric)[cal],
                                             arr.output_change[cal], sent[cal], target=target, tolerance=tolerance)
-    result = RatePlans(plans, {"table": str(table), "half": "calibration (even image positions)",
+    split = table_split(table)
+    for plan in plans.values():
+        plan.fitted["split"] = split
+    result = RatePlans(plans, {"table": str(table), "half": "calibration (even image positions)", "split": split,
                                "target_success": target, "tolerance": dict(tolerance or {})})
     result.save(out)
     return result
