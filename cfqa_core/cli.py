@@ -34,8 +34,18 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage errors as one line (``cfqa edge run: error: ...``, exit 2), not the whole usage text.
+
+    ``--help`` still prints the usage; subcommand parsers inherit this class.
+    """
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="cfqa",
         description="Edge-cloud split inference with compressed features (CFQA).",
     )
