@@ -81,6 +81,137 @@ def bench(name: str, extra: list[str], tmp: Path, report: bool, policy: str | No
     }
 
 
+# ---- the plain SimPy model ---------------------------------------------------------------
+#
+# The same system written the ordinary SimPy way: one process per frame, each
+# node's encoder and sender and the cloud's servers as ``simpy.Resource``.
+# It sees the simulator's arrivals, images and link offsets (same random
+# streams), looks bytes and times up in the same table, runs the same decision
+# (a fixed rung, or the rate plan's probe and fallback) and serves each
+# transfer from the same trace opportunities. It has no loss, no outages and
+# no shared links (replay_1000 has none), and no throughput estimator (neither
+# policy reads it).
+
+
+def plain_simpy(loaded, policy: str) -> dict:
+    """Run the plain SimPy model of ``loaded`` for ``policy``; wall time and outcome totals."""
+    import math
+
+    import simpy
+
+    from edge.policies import get_policy
+    from edge.policies.plan import DEFAULT_PLANS, RatePlans
+    from sim.engine import _ARRIVALS, _IMAGES, _OFFSET, _image_pool, _rng, _timing, arrival_times, image_sequence
+    from sim.outcomes import make_provider
+
+    s = loaded.scenario
+    provider = make_provider(loaded)
+    spec = s.policy_spec(policy)
+    env = simpy.Environment()
+    cloud = simpy.Resource(env, capacity=s.cloud.servers)
+    stats = {"frames": 0, "in_time": 0, "bytes": 0, "dropped": 0}
+    node_id = 0
+    link_index = 0
+    for gi, group in enumerate(s.nodes):
+        link = s.links[group.link]
+        if link.shared or link.loss_rate or link.outages:
+            raise SystemExit("the plain SimPy model covers unshared, lossless links without outages")
+        trace = loaded.trace(group.link)
+        backbone_s, cloud_s, metric_s = _timing(loaded, gi, group)
+        c = provider._codec(group.task, group.codec)
+        arr = c.arrays
+        col = c.index
+        sent = c.sent_bytes.tolist()
+        encode_s, decode_s = arr.encode_s.tolist(), arr.decode_s.tolist()
+        if spec.name == "fixed":
+            rp = get_policy(spec.name, **spec.params).matched_rate_point(group.task, group.codec) \
+                if spec.params.get("matched") else provider.ladder(group.task, group.codec)[spec.params.get("index", 0)]
+            steps = [(col[rp], None)]
+            proxy = None
+        elif spec.name == "cfqa-target" and not spec.params:
+            plan = RatePlans.load(DEFAULT_PLANS).get(group.task, group.codec)
+            steps = [(col[st.rate_point], st.threshold) for st in plan.steps]
+            proxy = arr.metrics[plan.metric].tolist()
+        else:
+            raise SystemExit(f"the plain SimPy model runs fixed and cfqa-target, not {policy}")
+        pool = _image_pool(provider, group)
+        for _ in range(group.count):
+            offset = float(_rng(s.seed, _OFFSET, link_index).uniform(0.0, trace.duration_s)) \
+                if link.random_offset else link.offset_s
+            link_index += 1
+            times = arrival_times(group, s.duration_s, _rng(s.seed, _ARRIVALS, node_id))
+            images = image_sequence(pool, group, times.size, _rng(s.seed, _IMAGES, node_id))
+            node = {
+                "encoder": simpy.Resource(env, capacity=1), "sender": simpy.Resource(env, capacity=1),
+                "held": 0, "next": trace.index_at(offset), "offset": offset,
+            }
+            env.process(_plain_source(env, node, times.tolist(), images.tolist(), group, trace, cloud, stats,
+                                      backbone_s, cloud_s, metric_s, steps, proxy, sent, encode_s, decode_s,
+                                      link.delay_ms / 1000.0))
+            node_id += 1
+    t0 = time.perf_counter()
+    env.run(until=s.duration_s + s.drain_s)
+    wall = time.perf_counter() - t0
+    provider.close()
+    return {"wall_s": wall, **stats}
+
+
+def _plain_source(env, node, times, images, group, trace, cloud, stats, backbone_s, cloud_s, metric_s,
+                  steps, proxy, sent, encode_s, decode_s, delay_s):
+    for t, img in zip(times, images):
+        yield env.timeout(t - env.now)
+        stats["frames"] += 1
+        if node["held"] >= group.queue_frames:
+            stats["dropped"] += 1
+            continue
+        node["held"] += 1
+        env.process(_plain_frame(env, node, img, group, trace, cloud, stats, backbone_s, cloud_s, metric_s,
+                                 steps, proxy, sent, encode_s, decode_s, delay_s))
+
+
+def _plain_frame(env, node, img, group, trace, cloud, stats, backbone_s, cloud_s, metric_s,
+                 steps, proxy, sent, encode_s, decode_s, delay_s):
+    import math
+
+    deadline = env.now + group.deadline_s
+    with node["encoder"].request() as req:
+        yield req
+        if env.now >= deadline:
+            node["held"] -= 1
+            stats["dropped"] += 1
+            return
+        edge_s = backbone_s
+        row_bytes, row_enc = sent[img], encode_s[img]
+        for r, threshold in steps:
+            edge_s += row_enc[r]
+            if threshold is None:
+                break
+            edge_s += decode_s[img][r] + metric_s
+            value = proxy[img][r]
+            if math.isfinite(value) and value <= threshold:
+                break
+        yield env.timeout(edge_s)
+    nbytes = row_bytes[r]
+    with node["sender"].request() as req:
+        yield req
+        node["held"] -= 1
+        if env.now >= deadline:
+            stats["dropped"] += 1
+            return
+        # The opportunities after the last one used, enough for the bitstream.
+        first = max(node["next"], trace.index_at(env.now + node["offset"]))
+        node["next"] = first + max(1, math.ceil(nbytes / 1500))
+        yield env.timeout(max(0.0, trace.time_s(node["next"] - 1) - node["offset"] - env.now))
+    stats["bytes"] += nbytes
+    yield env.timeout(delay_s)
+    with cloud.request() as req:
+        yield req
+        yield env.timeout(decode_s[img][r] + cloud_s)
+    yield env.timeout(delay_s)
+    if env.now <= deadline:
+        stats["in_time"] += 1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="6 simulated minutes instead of an hour")

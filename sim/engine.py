@@ -15,7 +15,7 @@ import simpy
 from edge.policies import get_policy
 from sim.cloud import Cloud
 from sim.link import Link, outage_process
-from sim.node import EdgeNode, NodeSpec, source
+from sim.node import Arrivals, EdgeNode, NodeSpec
 from sim.outcomes import FrameOutcomeProvider, make_provider
 from sim.records import DROP_REASONS, STATUSES, FrameLog
 from sim.scenario import LoadedScenario, NodeGroup
@@ -134,7 +134,8 @@ def _timing(loaded: LoadedScenario, index: int, group: NodeGroup) -> tuple[float
             float(entry["cloud_service_s"]),
             float(profile.get("metric_s", timing.metric_s)),
         )
-    raise loaded.error(("nodes", index, "task"), f"timing profile has no entry for task {group.task} split {group.split}")
+    raise loaded.error(("nodes", index, "task"),
+                       f"timing profile has no entry for task {group.task} split {group.split}")
 
 
 def arrival_times(group: NodeGroup, duration_s: float, rng: np.random.Generator) -> np.ndarray:
@@ -242,7 +243,7 @@ def simulate(
             )
             times = arrival_times(group, s.duration_s, _rng(s.seed, _ARRIVALS, node_id))
             images = image_sequence(pool, group, times.size, _rng(s.seed, _IMAGES, node_id))
-            env.process(source(env, node, times, images))
+            Arrivals(env, node, times, images)
             nodes.append(node)
             node_id += 1
     for name, spec in s.links.items():

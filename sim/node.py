@@ -2,7 +2,7 @@
 
 A node is three stages:
 
-- ``source`` (a SimPy process): frames arrive at precomputed times (fixed
+- arrivals (:class:`Arrivals`): frames arrive at precomputed times (fixed
   fps or Poisson) with precomputed images; a frame finding ``queue_frames``
   frames already held by the node is dropped (``queue_full``).
 - the encoder: one frame at a time, runs the edge part of the model and the
@@ -10,23 +10,23 @@ A node is three stages:
 - the sender: one transfer at a time on the node's link; each transfer's
   throughput feeds the harmonic-mean estimator the policy sees.
 
-The encoder and sender are single-server FIFO stages advanced by event
-callbacks (as the cloud) rather than processes: a process costs a wake-up
-event and a resume per frame at each stage, and a thousand nodes for an
-hour is about a million such frames. A frame whose deadline has passed
+Arrivals, the encoder and the sender are advanced by event callbacks (as
+the cloud) rather than processes: a process costs a wake-up event and a
+resume per frame at each stage, and a thousand nodes for an hour is about a
+million such frames. For the same reason a node keeps one policy context and
+resets it per frame, and its estimator keeps the inverses it sums. A frame whose deadline has passed
 before it is encoded or sent is dropped (``stale``) when ``drop_stale`` is
 set. The cloud's result returns after the link's propagation delay.
 """
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
 import simpy
 
-from edge.policies.api import Decision, Feedback, as_decision
+from edge.policies.api import Decision, Feedback, PolicyContext, as_decision
 from sim.cloud import Cloud
 from sim.link import Delivery, Link
 from sim.outcomes import FrameOutcomeProvider, FrameRef
@@ -58,16 +58,20 @@ class ThroughputEstimator:
     def __init__(self, window: int, initial_bps: float | None = None) -> None:
         self.samples: deque[float] = deque(maxlen=window)
         self.initial_bps = initial_bps
+        # The inverses, summed in C on each sample: the same additions in the same order
+        # as summing 1/s over the window, so the estimate is bit-identical.
+        self._inverses: deque[float] = deque(maxlen=window)
+        self._estimate = initial_bps
 
     def add(self, bps: float) -> None:
         if bps > 0:
             self.samples.append(bps)
+            self._inverses.append(1.0 / bps)
+            self._estimate = len(self._inverses) / sum(self._inverses)
 
     @property
     def estimate_bps(self) -> float | None:
-        if not self.samples:
-            return self.initial_bps
-        return len(self.samples) / sum(1.0 / s for s in self.samples)
+        return self._estimate
 
 
 class EdgeNode:
@@ -105,6 +109,7 @@ class EdgeNode:
         self.previous_rate_point: int | None = None
         self.encoding = False    # the encoder stage is busy
         self.sending = False     # a transfer of this node is on the link
+        self._ctx: PolicyContext | None = None  # reused for every frame the provider allows
 
     # -- stages -------------------------------------------------------------------------
 
@@ -145,18 +150,27 @@ class EdgeNode:
         """Run the policy for a frame; returns (decision, edge seconds, bytes)."""
         spec = self.spec
         now = self.env.now
-        ctx = self.provider.policy_context(
-            frame,
-            spec.codec,
-            ladder=spec.ladder,
-            now_s=now,
-            time_left_s=self.log.t_capture[row] + spec.deadline_s - now,
-            throughput_bps=self.estimator.estimate_bps,
-            queue_frames=len(self.to_send),
-            previous_rate_point=self.previous_rate_point,
-            rng=self.rng,
-            metric_s=spec.metric_s,
-        )
+        time_left_s = self.log.t_capture[row] + spec.deadline_s - now
+        ctx = self._ctx
+        if ctx is not None and self.provider.rebind_context(ctx, frame):
+            ctx.reset(
+                frame_idx=frame.frame_idx, now_s=now, time_left_s=time_left_s,
+                throughput_bps=self.estimator.estimate_bps, queue_frames=len(self.to_send),
+                previous_rate_point=self.previous_rate_point,
+            )
+        else:
+            ctx = self._ctx = self.provider.policy_context(
+                frame,
+                spec.codec,
+                ladder=spec.ladder,
+                now_s=now,
+                time_left_s=time_left_s,
+                throughput_bps=self.estimator.estimate_bps,
+                queue_frames=len(self.to_send),
+                previous_rate_point=self.previous_rate_point,
+                rng=self.rng,
+                metric_s=spec.metric_s,
+            )
         backbone = self.provider.extract(frame)
         decision = as_decision(self.policy.decide(ctx), ctx)
         edge_s = (spec.backbone_s if backbone is None else backbone) + decision.edge_time_s
@@ -233,8 +247,27 @@ class EdgeNode:
         self.cloud.submit(service, done)
 
 
-def source(env: simpy.Environment, node: EdgeNode, times: np.ndarray, images: np.ndarray) -> Generator:
-    """Frames arrive at ``times`` showing ``images`` (indices into the provider's images)."""
-    for k, (t, img) in enumerate(zip(times.tolist(), images.tolist())):
-        yield env.timeout(t - env.now)
-        node.capture(k, img)
+class Arrivals:
+    """Frames arrive at ``times`` showing ``images`` (indices into the provider's images).
+
+    Each arrival's event schedules the next after the frame is captured, in the
+    order a process would (capture, then the next timeout), without a process.
+    """
+
+    __slots__ = ("env", "node", "times", "images", "k")
+
+    def __init__(self, env: simpy.Environment, node: EdgeNode, times: np.ndarray, images: np.ndarray) -> None:
+        self.env = env
+        self.node = node
+        self.times: list[float] = times.tolist()
+        self.images: list[int] = images.tolist()
+        self.k = 0
+        if self.times:
+            env.timeout(self.times[0] - env.now).callbacks.append(self._arrive)
+
+    def _arrive(self, _ev: simpy.Event) -> None:
+        k = self.k
+        self.node.capture(k, self.images[k])
+        self.k = k = k + 1
+        if k < len(self.times):
+            self.env.timeout(self.times[k] - self.env.now).callbacks.append(self._arrive)

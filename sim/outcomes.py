@@ -94,11 +94,19 @@ class FrameOutcomeProvider(ABC):
         (``edge.policies.live.LiveContext``) and keeps the chosen bitstream
         for :meth:`infer`.
         """
-        judge = (lambda rp: self.judge(frame, codec, rp)) if self.can_judge else None
-        return PolicyContext(
-            node_id=frame.node_id, frame_idx=frame.frame_idx, task=frame.task, codec=codec,
-            encode=lambda rp: self.encode(frame, codec, rp), judge=judge, **state,
-        )
+        return ProviderContext(self, frame, codec, **state)
+
+    def rebind_context(self, ctx: PolicyContext, frame: FrameRef) -> bool:
+        """Point a context from :meth:`policy_context` at the node's next ``frame``.
+
+        True when ``ctx`` was built by this provider for the same node and codec
+        (then ``ctx.reset(...)`` readies it for the frame); False when the caller
+        must build a new context.
+        """
+        if type(ctx) is not ProviderContext or ctx.provider is not self or ctx.node_id != frame.node_id:
+            return False
+        ctx.frame = frame
+        return True
 
     @abstractmethod
     def infer(self, frame: FrameRef, codec: str, rate_point: int) -> InferOutcome:
@@ -110,6 +118,31 @@ class FrameOutcomeProvider(ABC):
 
     def close(self) -> None:
         """Release resources (models, channels)."""
+
+
+class ProviderContext(PolicyContext):
+    """A policy context whose trial encodes (and oracle judgements) ask a provider about ``frame``.
+
+    One context serves all of a node's frames: :meth:`FrameOutcomeProvider.rebind_context`
+    moves it to the next frame and :meth:`PolicyContext.reset` clears its trials,
+    so the simulator builds no context, closure, dict or set per frame.
+    """
+
+    __slots__ = ("provider", "frame")
+
+    def __init__(self, provider: FrameOutcomeProvider, frame: FrameRef, codec: str, **state) -> None:
+        self.provider = provider
+        self.frame = frame
+        super().__init__(
+            node_id=frame.node_id, frame_idx=frame.frame_idx, task=frame.task, codec=codec,
+            encode=self._encode_frame, judge=self._judge_frame if provider.can_judge else None, **state,
+        )
+
+    def _encode_frame(self, rate_point: int) -> EncodeOutcome:
+        return self.provider.encode(self.frame, self.codec, rate_point)
+
+    def _judge_frame(self, rate_point: int) -> float:
+        return self.provider.judge(self.frame, self.codec, rate_point)
 
 
 class _CellMetrics(Mapping):

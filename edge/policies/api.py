@@ -78,7 +78,7 @@ class PolicyContext:
     __slots__ = (
         "node_id", "frame_idx", "task", "codec", "ladder", "now_s", "time_left_s",
         "throughput_bps", "queue_frames", "previous_rate_point", "rng", "feature",
-        "encodes", "edge_time_s", "_encode", "_metric_s", "_judge", "_cache", "_assessed",
+        "encodes", "edge_time_s", "_encode", "_metric_s", "_judge", "_cache", "_assessed", "_bare",
     )
 
     def __init__(
@@ -119,6 +119,39 @@ class PolicyContext:
         self._judge = judge
         self._cache: dict[int, EncodeOutcome] = {}
         self._assessed: set[int] = set()
+        self._bare: dict[int, EncodeOutcome] = {}  # unassessed views of cached outcomes (built once)
+
+    def reset(
+        self,
+        *,
+        frame_idx: int,
+        now_s: float,
+        time_left_s: float,
+        throughput_bps: float | None,
+        queue_frames: int,
+        previous_rate_point: int | None,
+        feature: np.ndarray | None = None,
+    ) -> PolicyContext:
+        """Reuse this context for the next frame of the same node; returns it.
+
+        Node, task, codec, ladder, rng, metric time and the encode/judge
+        callables stay; the frame's state is replaced and no trial is left.
+        A simulator deciding a million frames saves building a context (and
+        its dict and set) per frame this way.
+        """
+        self.frame_idx = frame_idx
+        self.now_s = now_s
+        self.time_left_s = time_left_s
+        self.throughput_bps = throughput_bps
+        self.queue_frames = queue_frames
+        self.previous_rate_point = previous_rate_point
+        self.feature = feature
+        self.encodes = 0
+        self.edge_time_s = 0.0
+        self._cache.clear()
+        self._assessed.clear()
+        self._bare.clear()
+        return self
 
     # ---- trial encodes ----------------------------------------------------------------
     def encode(self, rate_point: int, *, assess: bool = True) -> EncodeOutcome:
@@ -139,8 +172,12 @@ class PolicyContext:
             self._cache[rate_point] = scored
             self._assessed.add(rate_point)
             self.edge_time_s += seconds
-        out = self._cache[rate_point]
-        return out if rate_point in self._assessed else out._replace(metrics=_NO_METRICS)
+        if rate_point in self._assessed:
+            return self._cache[rate_point]
+        bare = self._bare.get(rate_point)
+        if bare is None:
+            bare = self._bare[rate_point] = self._cache[rate_point]._replace(metrics=_NO_METRICS)
+        return bare
 
     def _assess(self, out: EncodeOutcome) -> tuple[EncodeOutcome, float]:
         """Decode and score ``out``; returns the scored outcome and the edge seconds it took.
