@@ -187,7 +187,8 @@ def main(argv=None) -> int:
     lines = ["# Dynamic batching in the inference engine", "",
              f"Embedded model, {c['task']} at split {c['split']}, HEVC QP 10; {c['clients']} client threads, "
              f"{c['rounds']} interleaved rounds; batcher max {c['max_batch_size']} frames, max delay "
-             f"{c['max_batch_delay_ms']} ms, {c['batch_workers']} batch workers; torch on 1 thread; {m['cpus']} CPUs shared with other work (load "
+             f"{c['max_batch_delay_ms']} ms, {c['batch_workers']} batch workers; torch on 1 thread; "
+             f"{m['cpus']} CPUs shared with other work (load "
              f"average {m['loadavg_start']} at start, {m['loadavg_end']} at the end).", "",
              "CPU ms per frame: CPU time of the whole process (all threads) over frames served, which "
              "other processes' load inflates far less than wall time.", "",

@@ -225,7 +225,8 @@ def write_markdown(path: Path, r: dict) -> None:
         lines += ["", f"`cfqa cloud serve {v['server_args']}` under {v['clients']} concurrent dpt clients "
                   f"({v['calls']} calls, {v['errors']} errors, {v['rps']} req/s): peak RSS "
                   f"**{v['loaded_peak_mb']:.0f} MB** (idle {v['idle_peak_mb']:.0f} MB); target <= "
-                  f"{SERVER_RSS_TARGET_MB:.0f} MB: {'met' if v['loaded_peak_mb'] <= SERVER_RSS_TARGET_MB else 'not met'}."]
+                  f"{SERVER_RSS_TARGET_MB:.0f} MB: "
+                  f"{'met' if v['loaded_peak_mb'] <= SERVER_RSS_TARGET_MB else 'not met'}."]
     verdict = {True: "met", False: "not met"}
     lines += ["", f"Target: dpt request compute after / before <= {COMPUTE_TARGET}: wall "
               f"**{verdict[c['ratio_median'] <= COMPUTE_TARGET]}** ({c['ratio_median']:.3f}), CPU "

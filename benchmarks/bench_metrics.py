@@ -114,7 +114,8 @@ def markdown(result: dict) -> str:
              "best and median wall time, median CPU time of the runs (on a shared machine load "
              "inflates the median wall time).", "",
              "## Cost per feature", "",
-             "| metric | set | task | shape | best ms | median ms | CPU ms | runs |", "|---|---|---|---|---|---|---|---|"]
+             "| metric | set | task | shape | best ms | median ms | CPU ms | runs |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in result["speed"]:
         shape = "x".join(str(s) for s in r["shape"])
         lines.append(f"| {r['metric']} | {r['set']} | {r['task']} | {shape} | {r['best_ms']:.3f} | "
@@ -124,7 +125,8 @@ def markdown(result: dict) -> str:
         lines.append(result["ratio_note"])
     else:
         lines += [result["ratio_note"], "",
-                  "| codec | task | shape | encode ms | metric | metric CPU ms | CPU / encode | best wall / encode | <= 5 % |",
+                  "| codec | task | shape | encode ms | metric | metric CPU ms | CPU / encode "
+                  "| best wall / encode | <= 5 % |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in result["ratios"]:
             shape = "x".join(str(s) for s in r["shape"])

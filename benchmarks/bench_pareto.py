@@ -115,7 +115,8 @@ def main() -> None:
     result["wall_s"] = time.time() - t0
     result["load_avg"] = [round(x, 1) for x in os.getloadavg()]
     result["hybrid_on_front_everywhere"] = all(
-        p["dominated_by"] is None for r in result["scenarios"].values() for p in r["adaptive"] if p["policy"] == "hybrid")
+        p["dominated_by"] is None
+        for r in result["scenarios"].values() for p in r["adaptive"] if p["policy"] == "hybrid")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "pareto.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "pareto.md").write_text(markdown(result))

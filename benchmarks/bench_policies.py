@@ -184,7 +184,8 @@ def markdown(result: dict) -> str:
                      f"{r['edge_time_ratio_wall']} | | {'met' if r['met'] else 'missed'} (<= {r['target']}) |")
     lines += ["", "## Decision overhead in replay (synthetic table, speed only)", "",
               "| policy | us/decision | encodes/frame |", "|---|---:|---:|"]
-    lines += [f"| {r['policy']} | {r['us_per_decision']} | {r['encodes_per_frame']} |" for r in result["replay_overhead"]]
+    lines += [f"| {r['policy']} | {r['us_per_decision']} | {r['encodes_per_frame']} |"
+              for r in result["replay_overhead"]]
     m = result["machine"]
     lines += ["", f"Machine: {m['cpus']} CPUs, Python {m['python']}; load average at start "
                   f"{', '.join(f'{x:.1f}' for x in m['load_avg_start'])}, at end "

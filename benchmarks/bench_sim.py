@@ -95,8 +95,6 @@ def bench(name: str, extra: list[str], tmp: Path, report: bool, policy: str | No
 
 def plain_simpy(loaded, policy: str) -> dict:
     """Run the plain SimPy model of ``loaded`` for ``policy``; wall time and outcome totals."""
-    import math
-
     import simpy
 
     from edge.policies import get_policy

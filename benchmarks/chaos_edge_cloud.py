@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from cloud.testing import free_port, test_model_spec, write_images  # noqa: E402
 from edge.runner import frame_id_of  # noqa: E402
-from edge.spool import SUFFIX, _NAME  # noqa: E402
+from edge.spool import _NAME, SUFFIX  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -212,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             out_sizes.append(size)
             entry["output_bytes"] = size
             kills.append(entry)
-            print(f"  kill {len(kills):2d} at {entry['t_s']:6.1f} s: {victim.name} "
-                  f"(pid {entry['pid']}{', %d frames spooled' % entry['spooled_frames'] if 'spooled_frames' in entry else ''})",
+            spooled = f", {entry['spooled_frames']} frames spooled" if "spooled_frames" in entry else ""
+            print(f"  kill {len(kills):2d} at {entry['t_s']:6.1f} s: {victim.name} (pid {entry['pid']}{spooled})",
                   flush=True)
             time.sleep(rng.uniform(0.0, args.max_down))
             if victim is cloud:

@@ -72,7 +72,8 @@ def colour_depth(depth: np.ndarray, near_m: float | None = None, far_m: float | 
         "unit": "m",
         "near_m": round(near, 4),
         "far_m": round(far, 4),
-        "stops": [{"depth_m": round(float(t), 4), "colour": "#{:02x}{:02x}{:02x}".format(*_viridis(np.array(1.0 - (t - near) / span)))}
+        "stops": [{"depth_m": round(float(t), 4),
+                   "colour": "#{:02x}{:02x}{:02x}".format(*_viridis(np.array(1.0 - (t - near) / span)))}
                   for t in ticks],
     }
     return rgb, legend

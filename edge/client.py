@@ -173,7 +173,8 @@ class CloudClient:
         """One unary call (raises ``grpc.RpcError``)."""
         return self.stub.Infer(request, timeout=timeout or self.timeout_s, metadata=self.metadata)
 
-    def infer_stream(self, requests: Iterable[pb.InferRequest], timeout: float | None = None) -> Iterator[pb.InferResponse]:
+    def infer_stream(self, requests: Iterable[pb.InferRequest],
+                     timeout: float | None = None) -> Iterator[pb.InferResponse]:
         """A stream of frames; one response per request, in order."""
         return self.stub.InferStream(iter(requests), timeout=timeout, metadata=self.metadata)
 

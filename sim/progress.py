@@ -49,8 +49,10 @@ class SimProgress:
             # Integer counts only: a float total gave 0.30000000000000004/30.0, and an
             # overshoot past the total gave '<-00:00' and a clamping warning.
             self._bar = tqdm(
-                total=self.total, desc=self.desc, file=self.stream, leave=False, dynamic_ncols=True, mininterval=self.refresh_s,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} sim s [{elapsed}<{remaining}]{postfix}",
+                total=self.total, desc=self.desc, file=self.stream, leave=False, dynamic_ncols=True,
+                mininterval=self.refresh_s,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} sim s "
+                           "[{elapsed}<{remaining}]{postfix}",
             )
         elif self.enabled:
             self._log(f"started, {self.total} s to simulate")

@@ -250,7 +250,8 @@ def plot_rate_accuracy(results, path: Path, colours: dict) -> None:
                 ax.plot(np.array(b) / 1e3, score, "-", color="0.7", lw=1, zorder=1,
                         label=f"{key} ladder (all table images)")
                 for x, yv, q in zip(b, score, rp):
-                    ax.annotate(str(q), (x / 1e3, yv), fontsize=6, color="0.5", xytext=(2, 2), textcoords="offset points")
+                    ax.annotate(str(q), (x / 1e3, yv), fontsize=6, color="0.5", xytext=(2, 2),
+                                textcoords="offset points")
         points = {}
         for r in results:
             c = r.columns
@@ -419,12 +420,15 @@ def report_table(policies: dict[str, dict]) -> list[tuple[str, list[str]]]:
     cols: list[tuple[str, list[str]]] = [
         ("policy", list(policies)),
         ("success rate [95 % CI]" if rich_success else "on time", [_pct(v, ci) for v, ci in success]),
-        ("kB per captured frame", ["-" if _bytes_per_frame(s) is None else f"{_bytes_per_frame(s) / 1e3:.2f}" for s in rows]),
+        ("kB per captured frame",
+         ["-" if _bytes_per_frame(s) is None else f"{_bytes_per_frame(s) / 1e3:.2f}" for s in rows]),
         ("savings vs matched fixed [95 % CI]" if rich_savings else "savings vs baseline",
          [_pct(v, ci, signed=True) for v, ci, _ in savings]),
         ("accuracy (delivered)", [_accuracy(s) for s in rows]),
         ("accuracy drop", [_drop(s) for s in rows]),
-        ("latency p50 / p99 s", ["-" if s.get("latency_p50_s") is None else f"{s['latency_p50_s']:.3f} / {s['latency_p99_s']:.3f}" for s in rows]),
+        ("latency p50 / p99 s",
+         ["-" if s.get("latency_p50_s") is None else f"{s['latency_p50_s']:.3f} / {s['latency_p99_s']:.3f}"
+          for s in rows]),
         ("deadline miss", [_pct(s.get("deadline_miss_rate")) for s in rows]),
         ("frames (dropped)", [f"{s.get('frames_total', 0)} ({s.get('frames_dropped', 0)})" for s in rows]),
     ]
@@ -477,7 +481,8 @@ def headline(summary: dict) -> str:
         sav = s["bandwidth_savings_vs_baseline"]
         verb = "fewer" if sav >= 0 else "more"
         return (f"{best} sent {abs(100 * sav):.1f} % {verb} bytes than {base} at accuracy {_accuracy(s)} against "
-                f"{_accuracy(b)}, with {_pct(_success(s, False)[0])} of frames on time against {_pct(_success(b, False)[0])}.")
+                f"{_accuracy(b)}, with {_pct(_success(s, False)[0])} of frames on time "
+                f"against {_pct(_success(b, False)[0])}.")
     name, s = next(iter(policies.items()))
     return (f"{name} sent {s['bytes_total'] / 1e6:.2f} MB for {s['frames_total']} frames, accuracy {_accuracy(s)}, "
             f"{_pct(_success(s, False)[0])} of them on time.")

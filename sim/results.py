@@ -64,7 +64,8 @@ def build_summary(loaded: LoadedScenario, results: list[RunResult], partial: boo
     }
 
 
-def write_run(out: Path, loaded: LoadedScenario, results: list[RunResult], partial: bool, *, report: bool = True) -> dict:
+def write_run(out: Path, loaded: LoadedScenario, results: list[RunResult], partial: bool, *,
+              report: bool = True) -> dict:
     """Write the run folder; returns the summary."""
     import pandas as pd
 

@@ -61,7 +61,9 @@ class OutageSpec(_Strict):
 class LinkSpec(_Strict):
     """An uplink: a trace plus delay, loss and outages."""
 
-    trace: str | SyntheticTraceSpec = Field(description="mahimahi/CSV path (relative to the scenario, the repo, or the shipped traces: cellular/Verizon-LTE-short.up) or a synthetic spec")
+    trace: str | SyntheticTraceSpec = Field(
+        description="mahimahi/CSV path (relative to the scenario, the repo, or the shipped traces: "
+                    "cellular/Verizon-LTE-short.up) or a synthetic spec")
     shared: bool = Field(False, description="one link shared fairly by all its nodes; else one link per node")
     delay_ms: Annotated[float, Field(ge=0, le=60_000, allow_inf_nan=False)] = Field(
         20.0, description="one-way propagation delay, also applied to the result's return (at most 60 s)")
@@ -74,7 +76,8 @@ class LinkSpec(_Strict):
 
 class ArrivalSpec(_Strict):
     kind: Literal["periodic", "poisson"] = "periodic"
-    fps: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = Field(1.0, description="frames per second (at most 1000)")
+    fps: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = Field(
+        1.0, description="frames per second (at most 1000)")
     random_phase: bool = Field(True, description="periodic: each node starts at a random phase")
 
 
@@ -91,13 +94,16 @@ class NodeGroup(_Strict):
     link: str
     task: Literal["cls", "seg", "dpt"] = "cls"
     codec: str = "hevc"
-    split: Annotated[int, Field(ge=0, le=1000)] | None = Field(None, description="split block (timing-profile key; live mode)")
+    split: Annotated[int, Field(ge=0, le=1000)] | None = Field(
+        None, description="split block (timing-profile key; live mode)")
     arrivals: ArrivalSpec = ArrivalSpec()
     images: ImageSpec = ImageSpec()
     deadline_s: PosFloat = 1.0
-    queue_frames: Annotated[int, Field(ge=1, le=100_000)] = Field(4, description="frames held on the node before the link")
+    queue_frames: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        4, description="frames held on the node before the link")
     drop_stale: bool = Field(True, description="drop frames whose deadline passed before they could be sent")
-    estimator_window: Annotated[int, Field(ge=1, le=100_000)] = Field(5, description="transfers in the harmonic-mean throughput estimate")
+    estimator_window: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        5, description="transfers in the harmonic-mean throughput estimate")
     initial_throughput_mbps: PosMbps | None = None
 
 
@@ -340,7 +346,8 @@ def apply_override(data: dict, assignment: str) -> tuple:
         last = i == len(parts) - 1
         if isinstance(node, list):
             if not part.isdigit() or not int(part) < len(node):  # no Python negative indices
-                raise ScenarioError(f"--set {key}: '{part}' is not an index of {'.'.join(map(str, loc)) or 'the list'} ({len(node)} items)")
+                raise ScenarioError(f"--set {key}: '{part}' is not an index of "
+                                    f"{'.'.join(map(str, loc)) or 'the list'} ({len(node)} items)")
             idx = int(part)
             loc.append(idx)
             if last:
@@ -401,7 +408,8 @@ def _validation_error(loaded: LoadedScenario, exc: ValidationError) -> ScenarioE
     parts = []
     for err in exc.errors()[:3]:
         # Union members add their type name to the path; keep only real keys.
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("str", "SyntheticTraceSpec"))))
+        loc = tuple(p for p in err["loc"]
+                    if not (isinstance(p, str) and ("[" in p or p in ("str", "SyntheticTraceSpec"))))
         parts.append(f"{loaded.where(loc)}: {err['msg']}")
     more = f" (+{exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
     name = loaded.path.name if loaded.path else "scenario"

@@ -18,6 +18,7 @@ from typing import Any
 from cfqa_core.errors import ScenarioError
 from sim.scenario import load_scenario
 
+
 def grid_points(grid: list[str]) -> list[list[str]]:
     """``["a=1,2", "b=x,y"]`` -> ``[["a=1", "b=x"], ["a=1", "b=y"], ...]``."""
     axes = []
@@ -104,7 +105,8 @@ def run_sweep(
         bar.update(1)
         if progress and not tty:
             done = sum(r is not None for r in rows)
-            print(f"sweep: {done}/{len(points)} points ({' '.join(points[i]) or 'base'} done)", file=sys.stderr, flush=True)
+            print(f"sweep: {done}/{len(points)} points ({' '.join(points[i]) or 'base'} done)", file=sys.stderr,
+                  flush=True)
 
     partial = False
     try:

@@ -86,7 +86,8 @@ class BenchmarkTable:
                 raise ScenarioError(f"{self.source}: {exc}") from None
             for (t, other), seen in self._arrays.items():
                 if t == task and not np.array_equal(seen.arrays.image_ids, arrays.arrays.image_ids):
-                    raise ScenarioError(f"{self.source}: task {task}: codecs {other} and {codec} cover different images")
+                    raise ScenarioError(f"{self.source}: task {task}: codecs {other} and {codec} "
+                                        "cover different images")
             self._arrays[key] = arrays
         return self._arrays[key]
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from cfqa_core.bench.bootstrap import OriginalBootstrap
 from cfqa_core.bench.findings import (
@@ -114,7 +113,8 @@ def test_low_rate_half():
     cells = worse_low.numbers["cells"]
     assert cells["hevc/dpt/cosine"]["high"] > cells["hevc/dpt/cosine"]["low"]
     assert cells["hevc/dpt/cosine"]["n"] == 40
-    worse_high = found(synth(codecs=("hevc",), metric_noise=CLEAN, half_noise={m: (0.5, 0.0) for m in BASE}))["low_rate"]
+    worse_high = found(synth(codecs=("hevc",), metric_noise=CLEAN,
+                             half_noise={m: (0.5, 0.0) for m in BASE}))["low_rate"]
     assert worse_high.status == FAILS and all(c.hi < 0 for c in worse_high.comparisons)
     assert found(synth(codecs=("hevc",)).drop(columns="rate_index"))["low_rate"].status == UNTESTABLE
     # Low half worse on Cls, better on Dpt: not averaged into "undecided", the Dpt comparisons refute it.

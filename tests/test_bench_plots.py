@@ -22,7 +22,8 @@ def table(images: int = 6, points: int = 8) -> pd.DataFrame:
             d = np.sort(rng.uniform(0, 1, points))
             for k in range(points):
                 rows.append({
-                    "image_id": f"im{i}", "task": task, "codec": codec, "family": "hevc" if codec == "hevc" else "learned",
+                    "image_id": f"im{i}", "task": task, "codec": codec,
+                    "family": "hevc" if codec == "hevc" else "learned",
                     "rate_point": k, "rate_index": k, "gt_distortion": float(d[k] if task == "cls" else -d[k]),
                     # bpfp over four decades, MSE over five: log axes with many candidate ticks.
                     "bpfp": 10.0 ** (1 - 4 * k / (points - 1)) * (1 + 0.01 * i),
@@ -88,7 +89,8 @@ def test_log_axes_have_few_non_overlapping_labels_and_cls_stops_at_100(tmp_path,
     plots.scatter_plots(t, ["mse", "cosine"], tmp_path)
     fig = figures["rate_accuracy.png"]
     cls = next(ax for ax in fig.axes if ax.get_title() == "cls")
-    assert cls.get_ylim()[1] <= 100.0 and max(np.max(np.asarray(line.get_ydata(), float)) for line in cls.get_lines()) == 100.0
+    assert cls.get_ylim()[1] <= 100.0
+    assert max(np.max(np.asarray(line.get_ydata(), float)) for line in cls.get_lines()) == 100.0
     renderer = fig.canvas.get_renderer()
     for name in ("rate_accuracy.png", "scatter_mse.png", "scatter_cosine.png"):
         for ax in _panels(figures[name]):

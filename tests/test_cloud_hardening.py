@@ -180,7 +180,8 @@ def test_unparsable_protobuf_and_hostile_meta_json(model, server, channel, hevc_
     for meta, fragment in (("[" * 5000 + "]" * 5000, "codec_meta_json"),
                            ('{"x": ' + "9" * 5000 + "}", "codec_meta_json"),
                            ('{"x": "' + "a" * 20000 + '"}', "codec_meta_json")):
-        err = infer_error(stub, mutated(request(model, hevc_payload), lambda p, m=meta: setattr(p, "codec_meta_json", m)))
+        err = infer_error(stub, mutated(request(model, hevc_payload),
+                                        lambda p, m=meta: setattr(p, "codec_meta_json", m)))
         assert err.code() == INVALID and fragment in err.details() and len(err.details()) <= 512
 
 
@@ -234,7 +235,8 @@ def test_idle_streams_do_not_block_infer_and_health_stays_honest(engine, model, 
             for i in range(3):
                 assert stub.Infer(request(model, hevc_payload, frame_id=100 + i), timeout=10).results[0].top_k
             health = health_pb2_grpc.HealthStub(ch)
-            assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
             # Saturate the queue: health turns NOT_SERVING, then SERVING again once it drains.
             running.servicer.compute_slots.acquire()
             try:
@@ -261,7 +263,8 @@ def test_idle_streams_do_not_block_infer_and_health_stays_honest(engine, model, 
             deadline = time.monotonic() + 5
             while running.servicer.in_flight and time.monotonic() < deadline:
                 time.sleep(0.01)
-            assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
             stop.set()
             for c in calls:
                 assert list(c) == []

@@ -59,7 +59,8 @@ def test_cloud_extra_is_lean_and_serves(cloud_venv, tmp_path) -> None:
     found = json.loads(absent.stdout)
     assert found == {"matplotlib": False, "pandas": False, "simpy": False, "scipy": False, "pyarrow": False,
                      "torch": True, "constriction": True, "grpc_health": True}
-    server = subprocess.Popen([str(cloud_venv / "bin" / "cfqa"), "cloud", "serve", "--port", "0", "--model", "embedded"],
+    server = subprocess.Popen([str(cloud_venv / "bin" / "cfqa"), "cloud", "serve", "--port", "0",
+                               "--model", "embedded"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_clean_env(), cwd=tmp_path)
     try:
         line = server.stdout.readline()  # the ready line, once the model is loaded
@@ -67,7 +68,8 @@ def test_cloud_extra_is_lean_and_serves(cloud_venv, tmp_path) -> None:
         assert port, line + server.stderr.read() if server.poll() is not None else line
         code = ("import grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g\n"
                 f"ch = grpc.insecure_channel('127.0.0.1:{port.group(1)}')\n"
-                "print(h.HealthCheckResponse.ServingStatus.Name(g.HealthStub(ch).Check(h.HealthCheckRequest(), timeout=30).status))")
+                "status = g.HealthStub(ch).Check(h.HealthCheckRequest(), timeout=30).status\n"
+                "print(h.HealthCheckResponse.ServingStatus.Name(status))")
         health = subprocess.run([py, "-c", code], capture_output=True, text=True, timeout=120, env=_clean_env())
         assert health.stdout.strip() == "SERVING", health.stderr[-2000:]
     finally:

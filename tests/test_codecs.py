@@ -22,9 +22,9 @@ from cfqa_core.codecs._subprocess import run_tool
 from cfqa_core.codecs.av1 import base_q_idx
 from cfqa_core.codecs.base import EncodedFeature, get_codec, registered_names
 from cfqa_core.codecs.block import BlockCodec
+from cfqa_core.codecs.hevc import HevcCodec, HevcX265CliCodec, decode_hevc
 from cfqa_core.codecs.ladders import HEVC_OPERATING_LADDER, PAPER_LADDER, ladder_of
 from cfqa_core.codecs.synthetic import EMBEDDED_SHAPES, PAPER_SHAPES, synthetic_feature
-from cfqa_core.codecs.hevc import HevcCodec, HevcX265CliCodec, decode_hevc
 from cfqa_core.codecs.vvc import VvcCodec, decode_vvc
 from cfqa_core.errors import CodecError, DataError
 from cfqa_core.packing import PackingParams, dequantize, feature_range, quantize

@@ -67,7 +67,8 @@ def test_every_frame_delivered_with_its_record(engine, backend, images, tmp_path
     srv = _server(engine, server_id="only")
     try:
         out = tmp_path / "frames.jsonl"
-        runner = EdgeRunner(_config([f"127.0.0.1:{srv.port}"], tasks=("cls", "seg")), backend, build_policy("fixed", {"qp": 10}))
+        runner = EdgeRunner(_config([f"127.0.0.1:{srv.port}"], tasks=("cls", "seg")), backend,
+                            build_policy("fixed", {"qp": 10}))
         summary = runner.run(images, out)
     finally:
         srv.stop(0).wait()
@@ -150,7 +151,8 @@ def test_permanent_error_drops_with_reason(engine, backend, images) -> None:
 
 def test_unreachable_cloud_frames_expire_with_reason(backend, images, tmp_path) -> None:
     out = tmp_path / "frames.jsonl"
-    runner = EdgeRunner(_config([f"127.0.0.1:{free_port()}"], max_age_s=1.0), backend, build_policy("fixed", {"qp": 10}))
+    runner = EdgeRunner(_config([f"127.0.0.1:{free_port()}"], max_age_s=1.0), backend,
+                        build_policy("fixed", {"qp": 10}))
     start = time.monotonic()
     summary = runner.run(images[:3], out)
     assert time.monotonic() - start < 60

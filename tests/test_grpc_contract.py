@@ -13,8 +13,8 @@ from proto import cfqa_v1_pb2 as pb
 from proto.convert import (
     depth_from_png,
     depth_to_png,
-    load_codecs,
     encoded_from_payload,
+    load_codecs,
     mask_from_png,
     mask_to_png,
     payload_from_encoded,

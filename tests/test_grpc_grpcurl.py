@@ -28,7 +28,8 @@ def setup():
     torch.set_num_threads(1)
     model = load_model(test_model_spec())
     engine = InferenceEngine({model.meta.name: model})
-    running = start_server(ServerConfig(port=0, host="127.0.0.1", server_id="reflected", reflection=True), engine=engine)
+    running = start_server(ServerConfig(port=0, host="127.0.0.1", server_id="reflected", reflection=True),
+                           engine=engine)
     yield model, engine, running
     running.stop(0).wait()
 

@@ -11,8 +11,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from cfqa_core.codecs.hyperprior import (  # noqa: E402
-    STRIDE,
     GDN,
+    STRIDE,
     EntropyBottleneck,
     FixedGDN,
     GaussianConditional,

@@ -8,7 +8,13 @@ import pytest
 
 from cfqa_core.errors import MetricError
 from cfqa_core.metrics import (
-    METRICS, MetricSpec, compute_metric, compute_metrics, get_metric, metric_names, register_metric,
+    METRICS,
+    MetricSpec,
+    compute_metric,
+    compute_metrics,
+    get_metric,
+    metric_names,
+    register_metric,
 )
 from cfqa_core.metrics.cka import linear_cka_slice
 
@@ -165,7 +171,8 @@ def test_registry_directions_and_docs():
 
 
 def test_register_a_new_metric_is_callable():
-    spec = MetricSpec("_test_l1", lambda f, g: float(np.abs(f - g).mean()), False, (0.0, math.inf), "L1; lower is better")
+    spec = MetricSpec("_test_l1", lambda f, g: float(np.abs(f - g).mean()), False, (0.0, math.inf),
+                      "L1; lower is better")
     register_metric(spec)
     try:
         assert compute_metric("_test_l1", np.zeros((2, 3)), np.ones((2, 3))) == 1.0
@@ -182,7 +189,8 @@ def test_bad_input_errors_name_the_problem():
         compute_metric("ssim", f, f)
     with pytest.raises(MetricError, match=r"unknown metric 'ssim'"):
         compute_metrics(["mse", "ssim"], f, f)
-    with pytest.raises(MetricError, match=r"'cka' for img7/hevc/QP22: shapes differ: f \(1, 10, 8\) vs fhat \(1, 10, 7\)"):
+    with pytest.raises(MetricError,
+                       match=r"'cka' for img7/hevc/QP22: shapes differ: f \(1, 10, 8\) vs fhat \(1, 10, 7\)"):
         compute_metric("cka", f, f[..., :7], item="img7/hevc/QP22")
     bad = f.copy()
     bad[0, 3, 2] = np.nan

@@ -18,7 +18,6 @@ from cfqa_core.packing import (
     unpack_levels,
 )
 
-
 SHAPES = EMBEDDED_SHAPES
 
 

@@ -82,7 +82,8 @@ def test_protocol_matches_scipy_per_feature_means():
     table = make_table()
     # One feature with a constant distortion, one with a non-finite metric value, one with ties.
     table.loc[(table.codec == "hevc") & (table.task == "dpt") & (table.image_id == "im1"), "gt_distortion"] = 0.25
-    table.loc[(table.codec == "hyper") & (table.task == "seg") & (table.image_id == "im2") & (table.rate_point == 27), "cka"] = np.nan
+    hole = (table.codec == "hyper") & (table.task == "seg") & (table.image_id == "im2") & (table.rate_point == 27)
+    table.loc[hole, "cka"] = np.nan
     summary, results = run_protocol(table, ["mse", "cosine", "cka"])
     assert len(results) == 2 * 3 * 3
     for metric in ("mse", "cosine", "cka"):
@@ -178,7 +179,8 @@ def test_report_files(tmp_path):
     rep = build_report(table, tmp_path / "rep", ["mse", "cosine", "cka"], source="synthetic")
     out = tmp_path / "rep"
     md = (out / "report.md").read_text()
-    assert "| **Codec** | **Task** | **n** | **MSE PLCC** | **MSE SROCC** | **Cosine PLCC** | **Cosine SROCC** | **CKA PLCC** | **CKA SROCC** |" in md
+    assert ("| **Codec** | **Task** | **n** | **MSE PLCC** | **MSE SROCC** | **Cosine PLCC** | **Cosine SROCC** "
+            "| **CKA PLCC** | **CKA SROCC** |") in md
     r = rep.results["hevc/seg/cosine"]
     assert f"{r['plcc']:.4f} [{r['plcc_ci'][0]:+.3f}, {r['plcc_ci'][1]:+.3f}]" in md
     for v in rep.verdicts:
@@ -287,7 +289,8 @@ def test_cli_paper_table_side_by_side(tmp_path, capsys):
     assert "## PLCC / SROCC on the operating ladder" in md and "## PLCC / SROCC on the paper ladder" in md
     assert "| Finding | operating ladder | paper ladder |" in md
     assert "Ladder: hevc 22-42 (5 points); hyper 22-42 (5 points)." in md
-    assert any(line.startswith("- On the paper ladder: cosine's PLCC interval excludes 0 in") for line in md.splitlines())
+    assert any(line.startswith("- On the paper ladder: cosine's PLCC interval excludes 0 in")
+               for line in md.splitlines())
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert report["ladder"] == "operating" and report["paper_ladder"]["ladder"] == "paper"
 

@@ -210,7 +210,8 @@ def test_cli_from_seed_report(seed_root, capsys):
                  "--metrics", "mse,cosine,cka,seed_cka"])
     stdout, err = capsys.readouterr()
     assert code == 0, err
-    assert stdout.startswith("- Table: seed ladder, 2 cls, 2 dpt originals") and "| **Codec** | **Task** | **n** |" in stdout
+    assert stdout.startswith("- Table: seed ladder, 2 cls, 2 dpt originals")
+    assert "| **Codec** | **Task** | **n** |" in stdout
     out = seed_root / "cfqa_bench"
     md = (out / "report.md").read_text()
     assert "| **hm** | Cls |" in md and "| **hm** | Dpt |" in md and "Seg |" not in md
@@ -228,7 +229,8 @@ def _one_line_error(capsys, *argv):
 
 
 def test_from_seed_errors(seed_root, tmp_path, capsys):
-    assert "unknown codec 'hevc'" in _one_line_error(capsys, "--from-seed", str(seed_root), "--codecs", "hevc", "--json")
+    assert "unknown codec 'hevc'" in _one_line_error(capsys, "--from-seed", str(seed_root), "--codecs", "hevc",
+                                                     "--json")
     assert "not a CFQA dataset folder" in _one_line_error(capsys, "--from-seed", str(tmp_path), "--json")
     assert "seed dataset folder not found" in _one_line_error(capsys, "--from-seed", str(tmp_path / "nope"))
 
@@ -264,7 +266,8 @@ def test_ingest_cache_reuses_unchanged_groups(seed_root, tmp_path):
     path = seed_root / "compressed_feat" / "hm" / "seg" / "QP4" / f"{name}.npy"
     g = np.load(path)
     np.save(path, (g * 1.5).astype(np.float32))  # a changed file: its group is scored again
-    second = ingest_seed(seed_root, ["mse", "cka"], codecs=["hm"], tasks=["cls", "seg"], progress=False, cache_dir=cache)
+    second = ingest_seed(seed_root, ["mse", "cka"], codecs=["hm"], tasks=["cls", "seg"], progress=False,
+                         cache_dir=cache)
     assert (cache / "hm__cls.parquet").stat().st_mtime_ns == shards["hm__cls.parquet"]
     assert (cache / "hm__seg.parquet").stat().st_mtime_ns != shards["hm__seg.parquet"]
     f = np.load(seed_root / "org_feat" / "seg" / f"{name}.npy")

@@ -100,7 +100,8 @@ def test_table_and_headline_use_the_summary_fields_when_present():
     text = "cfqa saves 25 % [20, 30] of the bytes of matched fixed at 93 % success."
     assert headline({"headline": text, "policies": {"cfqa": rich}}) == text
     # without one, a sentence from the figures, naming the baseline and the accuracy kept
-    made = headline({"baseline_policy": "fixed", "policies": {"fixed": base, "cfqa": {**base, "bandwidth_savings_vs_baseline": 0.4}}})
+    made = headline({"baseline_policy": "fixed",
+                     "policies": {"fixed": base, "cfqa": {**base, "bandwidth_savings_vs_baseline": 0.4}}})
     assert made.startswith("cfqa sent 40.0 % fewer bytes than fixed at accuracy cls 0.900")
 
 
@@ -132,7 +133,8 @@ def test_report_renders_in_headless_chromium(report_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     found = re.search(r"<pre id=\"probe\">(.*?)</pre>", done.stdout, re.S)
     assert found, done.stdout[-2000:]
-    rendered = json.loads(found.group(1).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"'))
+    rendered = json.loads(found.group(1).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
+                          .replace("&quot;", '"'))
     summary = json.loads((report_dir / "summary.json").read_text())
     assert rendered["headline"] == headline(summary)
     assert rendered["headlineTop"] < 200  # at the top of the page, above the fold

@@ -93,7 +93,8 @@ def test_compare_adds_the_baseline_and_measures_savings(scenario_path, tmp_path,
     summary = json.loads((out / "summary.json").read_text())
     pol = summary["policies"]
     assert list(pol) == ["hq", "lq"]
-    assert pol["lq"]["bandwidth_savings_vs_baseline"] == pytest.approx(1 - pol["lq"]["bytes_total"] / pol["hq"]["bytes_total"])
+    assert pol["lq"]["bandwidth_savings_vs_baseline"] == pytest.approx(
+        1 - pol["lq"]["bytes_total"] / pol["hq"]["bytes_total"])
     assert pol["lq"]["bandwidth_savings_vs_baseline"] > 0.5
     assert pol["hq"]["frames_total"] == pol["lq"]["frames_total"]
     frames = pd.read_parquet(out / "frames.parquet")
@@ -150,7 +151,8 @@ def test_sweep_runs_each_grid_point(scenario_path, tmp_path, capsys):
 def test_sweep_on_ray_without_ray_is_a_clear_error(scenario_path, tmp_path, capsys):
     if importlib.util.find_spec("ray") is not None:
         pytest.skip("ray is installed")
-    rc = main(["sweep", str(scenario_path), "--grid", "cloud.servers=1", "--ray", "--out", str(tmp_path / "s"), "--quiet"])
+    rc = main(["sweep", str(scenario_path), "--grid", "cloud.servers=1", "--ray", "--out", str(tmp_path / "s"),
+               "--quiet"])
     assert rc == 2
     assert "--ray needs the 'ray' package" in capsys.readouterr().err
 

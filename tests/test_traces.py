@@ -1,15 +1,21 @@
 """Capacity traces: mahimahi/CSV loading, looping lookups, synthetic generators, errors."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from cfqa_core.cli import main
 from cfqa_core.errors import ScenarioError
 from sim.traces import (
-    MTU_BYTES, SHIPPED_TRACES_DIR, Trace, find_trace, load_csv, load_mahimahi, load_trace, shipped_traces, synthetic,
+    MTU_BYTES,
+    SHIPPED_TRACES_DIR,
+    Trace,
+    find_trace,
+    load_csv,
+    load_mahimahi,
+    load_trace,
+    shipped_traces,
+    synthetic,
     write_mahimahi,
 )
 
@@ -20,7 +26,9 @@ def test_shipped_traces_are_found_by_name_and_unknown_names_fail_clearly(tmp_pat
     monkeypatch.chdir(tmp_path)  # nothing beside the working directory
     assert shipped_traces() == ["cellular/TMobile-UMTS-driving.up", "cellular/Verizon-LTE-short.up"]
     assert find_trace("cellular/Verizon-LTE-short.up") == CELLULAR / "Verizon-LTE-short.up"
-    with pytest.raises(ScenarioError, match=r"file not found: cellular/absent\.up \(neither a path nor a shipped trace: cellular/TMobile"):
+    with pytest.raises(ScenarioError,
+                       match=r"file not found: cellular/absent\.up "
+                             r"\(neither a path nor a shipped trace: cellular/TMobile"):
         find_trace("cellular/absent.up")
 
 

@@ -215,8 +215,8 @@ def finding_seg_hardest(cells: Cells) -> Verdict:
                        f"needs seg and another task with baseline metrics (tasks: {', '.join(tasks) or 'none'})")
     comps = [c for t in tasks if t != "seg" for c in [_task_gap(cells, base, t, "seg")] if c is not None]
     status = combine([c.status for c in comps])
-    return Verdict("seg_hardest", claim, status, _join(comps) + f" (codecs shared by the two tasks; {', '.join(base)}).",
-                   comparisons=comps)
+    return Verdict("seg_hardest", claim, status,
+                   _join(comps) + f" (codecs shared by the two tasks; {', '.join(base)}).", comparisons=comps)
 
 
 def finding_hevc_vs_vvc(cells: Cells, families: dict[str, str]) -> Verdict:
@@ -232,7 +232,8 @@ def finding_hevc_vs_vvc(cells: Cells, families: dict[str, str]) -> Verdict:
     comp = compare("mean PLCC hevc - vvc", np.mean([x[0] for x in a], axis=0), np.mean([x[0] for x in b], axis=0),
                    float(np.mean([x[1] for x in a])), float(np.mean([x[1] for x in b])),
                    sum(x[2] for x in a + b))
-    return Verdict("hevc_vs_vvc", claim, comp.status, f"{comp.text()} over tasks {', '.join(tasks)}.", comparisons=[comp])
+    return Verdict("hevc_vs_vvc", claim, comp.status, f"{comp.text()} over tasks {', '.join(tasks)}.",
+                   comparisons=[comp])
 
 
 def finding_varies(cells: Cells) -> Verdict:
@@ -325,7 +326,8 @@ def finding_low_rate(halves, boot: OriginalBootstrap) -> Verdict:
               "feature x metric pairs have a defined PLCC on both halves: a half whose distortion does not "
               "move has none).")
     per_cell = {f"{k[0]}/{k[1]}/{k[2]}": {"high": v["high"][1], "low": v["low"][1], "n": v["n"],
-                                          "high_ci": list(interval(v["high"][0])), "low_ci": list(interval(v["low"][0]))}
+                                          "high_ci": list(interval(v["high"][0])),
+                                          "low_ci": list(interval(v["low"][0]))}
                 for k, v in cells.items()}
     return Verdict("low_rate", claim, status, detail, {"cells": per_cell}, comps)
 

@@ -313,7 +313,8 @@ def rate_accuracy(curves, out_dir: Path, name: str = "rate_accuracy.png", ladder
     handles = [plt.Line2D([], [], color=colours[c], marker="o", ms=3) for c in codecs]
     handles.append(plt.Line2D([], [], color="black", ls="--", lw=0.8))
     where = f" on the {ladder} ladder" if ladder else ""
-    return _finish(fig, out_dir / name, f"How much does each codec damage each task{where}? (mean over images per rate point)",
+    return _finish(fig, out_dir / name,
+                   f"How much does each codec damage each task{where}? (mean over images per rate point)",
                    (handles, [*codecs, "uncompressed"]), right=2.0)
 
 

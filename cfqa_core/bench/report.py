@@ -93,7 +93,8 @@ class Ladder:
         parts = []
         for codec, g in self.table.groupby("codec", sort=True):
             pts = np.sort(g["rate_point"].unique())
-            parts.append(f"{codec} {pts[0]:g}-{pts[-1]:g} ({len(pts)} points)" if len(pts) > 1 else f"{codec} {pts[0]:g}")
+            parts.append(f"{codec} {pts[0]:g}-{pts[-1]:g} ({len(pts)} points)" if len(pts) > 1
+                         else f"{codec} {pts[0]:g}")
         return "; ".join(parts)
 
 
@@ -130,7 +131,10 @@ def _index(summary) -> dict:
 
 
 def results_table_markdown(summary, metrics: Sequence[str]) -> str:
-    """The reference README's layout (Codec | Task | <Metric> PLCC | <Metric> SROCC | ...), raw signs, with intervals."""
+    """The reference README's layout (Codec | Task | <Metric> PLCC | <Metric> SROCC | ...).
+
+    Raw signs, with intervals.
+    """
     head = ["**Codec**", "**Task**", "**n**"]
     for m in metrics:
         head += [f"**{_name(m)} PLCC**", f"**{_name(m)} SROCC**"]
@@ -269,8 +273,9 @@ def headline(run: Ladder, paper: Ladder | None = None, fidelity: Ladder | None =
     out.append(f"Findings of the paper: {_verdict_count(run.verdicts)}. "
                + " ".join(f"{SHORT_CLAIM.get(v.key, v.key)}: {v.status}." for v in run.verdicts))
     if run.proxy is not None:
+        more = "; ..." if len(run.proxy.comparisons) > 3 else ""
         out.append(f"Task-aware metric against cosine: {run.proxy.status} "
-                   f"({'; '.join(c.text() for c in run.proxy.comparisons[:3])}{'; ...' if len(run.proxy.comparisons) > 3 else ''}).")
+                   f"({'; '.join(c.text() for c in run.proxy.comparisons[:3])}{more}).")
     loco = learned_loco_means(_loco_records())
     if loco:
         out.append(loco + " (shipped weights; its in-sample table column is not used.)")
@@ -451,7 +456,8 @@ def _figure(report: Report, key: str) -> list[str]:
 
 
 def _findings_markdown(run: Ladder, paper: Ladder | None) -> str:
-    head = ["Finding", f"{run.name} ladder"] + ([f"{paper.name} ladder"] if paper else []) + ["evidence (difference [95 % interval])"]
+    head = (["Finding", f"{run.name} ladder"] + ([f"{paper.name} ladder"] if paper else [])
+            + ["evidence (difference [95 % interval])"])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     other = {v.key: v for v in paper.verdicts} if paper else {}
     for v in run.verdicts:
@@ -484,7 +490,8 @@ def render_markdown(report: Report, run: Ladder, paper: Ladder | None = None, fi
     lines += [f"- {h}" for h in report.headline] + [""]
     lines += [
         f"{len(table)} compressed features from {n_feat} original features; "
-        f"tasks: {', '.join(task_order(table['task'].unique()))}; codecs: {', '.join(sorted(table['codec'].unique()))}; "
+        f"tasks: {', '.join(task_order(table['task'].unique()))}; "
+        f"codecs: {', '.join(sorted(table['codec'].unique()))}; "
         f"metrics: {', '.join(run.metrics)}.",
         "",
         CONVENTION.format(resamples=run.boot.resamples, seed=run.boot.seed),

@@ -236,8 +236,6 @@ def prepare_originals(cfg: BuildConfig) -> dict[str, Originals]:
 
 def build(cfg: BuildConfig) -> BuildResult:
     """Run (or resume) a build and write ``table.parquet`` into ``cfg.out``."""
-    import pandas as pd
-
     import cfqa_core.codecs as codecs
     from cfqa_core.metrics import get_metric
 

@@ -8,5 +8,6 @@ from cfqa_core.codecs.base import (  # noqa: F401
     registered_names,
 )
 
-# Built-in codecs register themselves on import.
+# isort: split
+# Built-in codecs register themselves on import (after the registry they fill).
 from cfqa_core.codecs import av1, hevc, learned, reference, vvc  # noqa: E402,F401

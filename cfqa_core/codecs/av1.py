@@ -32,7 +32,6 @@ from cfqa_core.codecs.block import BlockCodec, raw_frame_bytes
 from cfqa_core.codecs.ladders import AV1_OPERATING_LADDER, AV1_PAPER_LADDER
 
 
-
 def base_q_idx(q: int) -> int:
     """The AV1 frame header's base_q_idx that libaom codes for quantizer ``q``."""
     return 255 if q >= 63 else 4 * q

@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="CFQA benchmark: PLCC/SROCC of quality metrics vs semantic distortion")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--table", help="benchmark table (table.parquet or its build folder)")
-    src.add_argument("--from-seed", metavar="PATH", help="the reference CFQA dataset folder (org_feat/, compressed_feat/)")
+    src.add_argument("--from-seed", metavar="PATH",
+                     help="the reference CFQA dataset folder (org_feat/, compressed_feat/)")
     p.add_argument("--paper-table", metavar="PATH",
                    help="a second table on the paper's ladder, reported beside --table")
     p.add_argument("--fidelity", action="store_true",

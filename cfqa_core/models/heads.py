@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 _BAND_BYTES = 1 << 20  # rows of upsampled depth-bin scores taken through the softmax at once
 
 

@@ -101,7 +101,8 @@ def train_proxies(cfg: ProxyTrainConfig, out: str | Path = DEFAULT_WEIGHTS, prog
             arrays[f"{key}/weight"], arrays[f"{key}/bias"] = weight, bias
             if task == "dpt":
                 arrays[f"{key}/bins"] = model.dpt_head.bins.numpy().astype(np.float32)
-            heads.append({"task": task, "split": split, "inputs": int(weight.shape[0]), "outputs": int(weight.shape[1])})
+            heads.append({"task": task, "split": split, "inputs": int(weight.shape[0]),
+                          "outputs": int(weight.shape[1])})
             fit_report.append({"task": task, "split": split,
                                "r2_clean": _r2(model, task, feat[: min(len(feat), 128)], split, weight, bias)})
     meta = {"model": cfg.model, "default_split": model.depth, "prefix_tokens": model.backbone.num_prefix_tokens,

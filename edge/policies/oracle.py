@@ -44,5 +44,5 @@ class OraclePolicy:
                 return ctx.decision(ctx.ladder[i], damages[i], True)
         best = min(damages, key=lambda i: (damages[i], -i))
         return ctx.decision(ctx.ladder[best], damages[best], False,
-                            f"output changed: no rate point keeps it within tolerance; least change {damages[best]:.3g} "
-                            f"at {ctx.ladder[best]}")
+                            f"output changed: no rate point keeps it within tolerance; "
+                            f"least change {damages[best]:.3g} at {ctx.ladder[best]}")

@@ -45,7 +45,8 @@ class ReplayArrays:
         return ReplayArrays(
             self.task, self.codec, pick(self.image_ids), self.rate_points, pick(self.bytes), pick(self.meta_bytes),
             pick(self.encode_s), pick(self.decode_s), pick(self.task_score), pick(self.gt_distortion),
-            pick(self.output_change), pick(self.ref_score), {k: pick(v) for k, v in self.metrics.items()}, self.feature_elements,
+            pick(self.output_change), pick(self.ref_score), {k: pick(v) for k, v in self.metrics.items()},
+            self.feature_elements,
         )
 
     def metric(self, name: str) -> np.ndarray:
@@ -95,7 +96,8 @@ def replay_arrays(frame, task: str, codec: str) -> ReplayArrays:
         bytes=grid("bytes", np.int64)[:, order], meta_bytes=grid("meta_bytes", np.int64)[:, order],
         encode_s=grid("encode_s")[:, order], decode_s=grid("decode_s")[:, order],
         task_score=grid("task_score")[:, order], gt_distortion=grid("gt_distortion")[:, order],
-        output_change=grid("output_change")[:, order], ref_score=ref, metrics={m: grid(m)[:, order] for m in metric_columns(sel)},
+        output_change=grid("output_change")[:, order], ref_score=ref,
+        metrics={m: grid(m)[:, order] for m in metric_columns(sel)},
         feature_elements=int(sel["feature_elements"].iloc[0]),
     )
 

@@ -50,6 +50,7 @@ def synthetic_frame(difficulty: np.ndarray, *, task: str = "cls", codec: str = "
                 "encode_s": 0.010 + 0.001 * rng.random(), "decode_s": 0.002, "gt_distortion": dist,
                 "output_change": (0.0 if ok else 1.0) if task == "cls" else 20.0 * gap,
                 "task_score": score, "ref_task_score": ref_score, "feature_elements": ELEMENTS,
-                "cosine": cos, "proxy": gap / (1.0 - cutoff), "mse": gap * 0.5, "psnr": 10.0 * np.log10(1.0 / (gap * 0.5)),
+                "cosine": cos, "proxy": gap / (1.0 - cutoff), "mse": gap * 0.5,
+                "psnr": 10.0 * np.log10(1.0 / (gap * 0.5)),
             })
     return pd.DataFrame(rows, columns=[*BASE_COLUMNS, "cosine", "proxy", "mse", "psnr"])

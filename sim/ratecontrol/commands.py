@@ -113,7 +113,8 @@ def _fit(args: argparse.Namespace) -> int:
         print(json.dumps({f"{t}/{c}": p.to_json() for (t, c), p in plans.plans.items()}, indent=2))
     else:
         for (t, c), p in sorted(plans.plans.items()):
-            steps = " -> ".join(str(s.rate_point) + ("" if s.threshold is None else f" if {p.metric} <= {s.threshold:.4g}")
+            steps = " -> ".join(str(s.rate_point)
+                                + ("" if s.threshold is None else f" if {p.metric} <= {s.threshold:.4g}")
                                 for s in p.steps)
             print(f"{t}/{c}: {steps}")
         print(f"wrote {args.out}", file=sys.stderr)

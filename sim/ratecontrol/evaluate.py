@@ -294,7 +294,8 @@ def headline(section: Mapping[str, Any], policy: str = "cfqa-target") -> str:
         return f"{section['task']}/{section['codec']}: no {policy} row."
     lo, hi = p["savings_vs_matched_fixed_ci"]
     text = (f"{section['task']}/{section['codec']}: {policy} saves {100 * p['savings_vs_matched_fixed']:+.1f} % "
-            f"of the bytes per captured frame of matched fixed (95 % CI {100 * lo:+.1f} to {100 * hi:+.1f} %) at a success rate "
+            f"of the bytes per captured frame of matched fixed (95 % CI {100 * lo:+.1f} to {100 * hi:+.1f} %) "
+            f"at a success rate "
             f"of {100 * p['success_rate']:.1f} % vs {100 * m['success_rate']:.1f} %")
     if o is not None and _finite(o.get("savings_vs_matched_fixed")) and _finite(p.get("capture_of_oracle")):
         text += (f"; the oracle bound saves {100 * o['savings_vs_matched_fixed']:.1f} %, "
