@@ -84,7 +84,7 @@ def run_clients(call, requests, clients: int, per_client: int) -> dict:
 
 def server_rows(args, bench_grpc) -> dict:
     """Default server vs batching server under the same clients, interleaved rounds."""
-    from cloud.testing import ServerProcess
+    from tests.support.serving import ServerProcess
 
     _, _, requests, _ = bench_grpc.prepare("embedded", args.task, args.split, 10, 16)
     base = ["--model", "embedded", "--torch-threads", "1"]

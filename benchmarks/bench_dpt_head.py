@@ -182,7 +182,7 @@ def server_rss(requests, clients: int, calls: int) -> dict:
     """Peak RSS of a real cloud server process under ``clients`` concurrent dpt callers."""
     import bench_grpc
 
-    from cloud.testing import ServerProcess
+    from tests.support.serving import ServerProcess
 
     args = ["--model", "embedded", "--workers", str(clients + 2), "--torch-threads", "1"]
     with ServerProcess(args) as srv:

@@ -44,9 +44,9 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cloud.testing import ServerProcess, scene_images, test_model_spec  # noqa: E402
 from proto import cfqa_v1_pb2 as pb  # noqa: E402
 from proto.convert import load_codecs, payload_from_encoded  # noqa: E402
+from tests.support.serving import ServerProcess, scene_images, test_model_spec  # noqa: E402
 
 TARGET_FACTOR = 2.0
 

@@ -33,10 +33,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cloud.testing import ServerProcess, scene_images, test_model_spec  # noqa: E402
 from proto import cfqa_v1_pb2 as pb  # noqa: E402
 from proto import cfqa_v1_pb2_grpc as pb_grpc  # noqa: E402
 from proto.convert import load_codecs, payload_from_encoded  # noqa: E402
+from tests.support.serving import ServerProcess, scene_images, test_model_spec  # noqa: E402
 
 SPLIT = 4
 TARGET_FACTOR = 2.0

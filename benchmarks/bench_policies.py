@@ -121,7 +121,7 @@ def replay_overhead(images: int = 200) -> list[dict]:
     from edge.policies.plan import PlanStep, RatePlan, RatePlans
     from edge.policies.replay import replay_context
     from edge.policies.table import replay_arrays
-    from edge.policies.testdata import synthetic_frame
+    from tests.support.policy_frames import synthetic_frame
 
     rng = np.random.default_rng(0)
     arr = replay_arrays(synthetic_frame(np.exp(rng.normal(0, 0.6, images))), "cls", "hevc")

@@ -30,7 +30,7 @@ TARGET_S = 60.0
 
 def _table_override(scenario: Path, tmp: Path) -> tuple[list[str], str]:
     from sim.scenario import load_scenario
-    from sim.testdata import synthetic_table
+    from tests.support.sim_tables import synthetic_table
 
     try:
         load_scenario(scenario)

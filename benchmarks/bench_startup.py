@@ -77,7 +77,7 @@ def _prepare(tmp: Path) -> dict[str, object]:
     from cfqa_core.codecs.block import raw_frame_bytes
     from cfqa_core.codecs.hevc import HevcX265CliCodec
     from cfqa_core.packing import PackingParams, feature_range, pack
-    from cloud.testing import write_images
+    from tests.support.serving import write_images
 
     image = write_images(tmp / "frames", 1)[0]
     feature_path = tmp / "f.npy"

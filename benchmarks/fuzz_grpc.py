@@ -54,9 +54,9 @@ import grpc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cloud.testing import ServerProcess, scene_images, test_model_spec  # noqa: E402
 from proto import cfqa_v1_pb2 as pb  # noqa: E402
 from proto.convert import load_codecs, payload_from_encoded  # noqa: E402
+from tests.support.serving import ServerProcess, scene_images, test_model_spec  # noqa: E402
 
 SPLIT = 4
 # (codec, task, rate point): every codec family the cloud decodes.

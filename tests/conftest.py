@@ -25,7 +25,7 @@ def model():
     import torch
 
     from cfqa_core.models import load_model
-    from cloud.testing import test_model_spec
+    from tests.support.serving import test_model_spec
 
     torch.set_num_threads(1)
     return load_model(test_model_spec())

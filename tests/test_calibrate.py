@@ -13,7 +13,7 @@ from edge.policies.accuracy import accuracy, accuracy_drop, damage
 from edge.policies.calibration import calibrate, calibrate_arrays, load_calibration, threshold_choices
 from edge.policies.replay import replay_context
 from edge.policies.table import replay_arrays
-from edge.policies.testdata import synthetic_frame
+from tests.support.policy_frames import synthetic_frame
 
 CUTOFF = 0.999
 

@@ -12,9 +12,9 @@ import cfqa_core.codecs as codecs
 from cfqa_core.errors import DataError
 from cloud.batching import BatchingConfig, DynamicBatcher
 from cloud.engine import InferenceEngine, InferenceRequest, TaskPayload
-from cloud.testing import scene_images
 from edge.backends import TorchBackend
 from proto.convert import load_codecs
+from tests.support.serving import scene_images
 
 load_codecs()
 

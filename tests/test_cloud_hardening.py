@@ -17,11 +17,11 @@ import cfqa_core.codecs as codecs
 from cfqa_core.codecs import entropy
 from cfqa_core.errors import DataError
 from cloud.server import ServerConfig, security_warnings, start_server
-from cloud.testing import scene_images
 from edge.backends import TorchBackend
 from proto import cfqa_v1_pb2 as pb
 from proto import cfqa_v1_pb2_grpc as pb_grpc
 from proto.convert import load_codecs, payload_from_encoded
+from tests.support.serving import scene_images
 
 load_codecs()
 SPLIT = 4
@@ -406,7 +406,7 @@ def test_token_file_and_cli_errors(tmp_path) -> None:
 
 def test_grace_period_is_a_hard_limit(model, hevc_payload) -> None:
     """SIGTERM with --grace 1 and streams left open by their clients: the process is gone within seconds."""
-    from cloud.testing import ServerProcess, test_model_spec
+    from tests.support.serving import ServerProcess, test_model_spec
 
     with ServerProcess(["--model", test_model_spec(), "--grace", "1", "--access-log", "off"]) as srv:
         stop = threading.Event()
@@ -487,7 +487,7 @@ def test_batching_server_gives_a_batch_its_compute_slots(model, hevc_payload) ->
 
 
 def test_tls_key_of_another_certificate_is_a_clear_error(engine, tmp_path) -> None:
-    from cloud.testing import self_signed_cert
+    from tests.support.serving import self_signed_cert
 
     cert, _ = self_signed_cert(tmp_path / "a")
     _, other_key = self_signed_cert(tmp_path / "b")

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cfqa_core.tasks import dpt_blocks, make_views
-from cloud.testing import scene_images
+from tests.support.serving import scene_images
 
 
 def _reference(head, levels, grid, out_size) -> torch.Tensor:

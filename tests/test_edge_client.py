@@ -8,9 +8,9 @@ import grpc
 import pytest
 
 from cfqa_core.errors import DataError
-from cloud.testing import free_port
 from edge.client import RETRYABLE, CloudClient, RetryPolicy, channel_target
 from proto import cfqa_v1_pb2 as pb
+from tests.support.serving import free_port
 
 
 def test_targets() -> None:

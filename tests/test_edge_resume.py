@@ -14,12 +14,12 @@ import torch
 from cfqa_core.models import load_model
 from cloud.engine import InferenceEngine
 from cloud.server import ServerConfig, start_server
-from cloud.testing import free_port, test_model_spec, write_images
 from edge.backends import TorchBackend
 from edge.client import CloudClient, RetryPolicy, is_retryable
 from edge.runner import EdgeRunner, RunConfig, build_policy, frame_id_of, load_image
 from edge.spool import JOURNAL, QUARANTINE, SUFFIX, SpoolItem, SpoolQueue, spool_name
 from proto.convert import load_codecs
+from tests.support.serving import free_port, test_model_spec, write_images
 
 load_codecs()
 SPLIT = 4

@@ -16,11 +16,11 @@ from cfqa_core.errors import PolicyError
 from cfqa_core.models import load_model
 from cloud.engine import InferenceEngine
 from cloud.server import ServerConfig, start_server
-from cloud.testing import free_port, test_model_spec, write_images
 from edge.backends import TorchBackend
 from edge.client import RetryPolicy
 from edge.runner import EdgeRunner, RunConfig, build_policy, load_image
 from proto.convert import load_codecs
+from tests.support.serving import free_port, test_model_spec, write_images
 
 load_codecs()
 SPLIT = 4

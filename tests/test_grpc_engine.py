@@ -16,9 +16,9 @@ from cloud.engine import (
     TaskPayload,
     UnknownModelError,
 )
-from cloud.testing import scene_images
 from edge.backends import TorchBackend
 from proto.convert import load_codecs
+from tests.support.serving import scene_images
 
 load_codecs()
 

@@ -13,9 +13,9 @@ import cfqa_core.codecs as codecs
 from cfqa_core.models import load_model
 from cloud.engine import InferenceEngine, InferenceRequest, TaskPayload
 from cloud.server import ServerConfig, start_server
-from cloud.testing import scene_images, test_model_spec
 from edge.backends import TorchBackend
 from proto.convert import load_codecs
+from tests.support.serving import scene_images, test_model_spec
 
 load_codecs()
 GRPCURL = shutil.which("grpcurl")

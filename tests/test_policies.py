@@ -18,7 +18,7 @@ from edge.policies import (
 )
 from edge.policies.replay import replay_context
 from edge.policies.table import replay_arrays
-from edge.policies.testdata import QPS, synthetic_frame
+from tests.support.policy_frames import QPS, synthetic_frame
 
 
 def arrays(difficulty, **kw):

@@ -10,8 +10,8 @@ from cfqa_core.accounting import matched_fixed_rung, oracle_rungs
 from cfqa_core.errors import DataError, PolicyError
 from edge.policies.spec import parse_spec
 from edge.policies.table import replay_arrays
-from edge.policies.testdata import synthetic_frame
 from sim.ratecontrol.evaluate import EvalConfig, evaluate, flat_results, halves, headline
+from tests.support.policy_frames import synthetic_frame
 
 POLICIES = ("fixed-matched", "cfqa-target", "hybrid", "bandwidth", "oracle")
 

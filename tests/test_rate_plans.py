@@ -12,8 +12,8 @@ from edge.policies.api import as_decision
 from edge.policies.plan import DEFAULT_PLANS, PlanStep, RatePlan, RatePlans
 from edge.policies.replay import replay_context
 from edge.policies.table import replay_arrays
-from edge.policies.testdata import synthetic_frame
 from sim.ratecontrol.fit import fit_plan, plan_outcome
+from tests.support.policy_frames import synthetic_frame
 
 
 @pytest.fixture(scope="module")

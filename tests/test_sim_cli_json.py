@@ -14,8 +14,8 @@ import yaml
 
 from cfqa_core.cli import main
 from sim.progress import SimProgress
-from sim.testdata import synthetic_table, tiny_scenario
 from sim.traces import SHIPPED_TRACES_DIR
+from tests.support.sim_tables import synthetic_table, tiny_scenario
 
 LTE = SHIPPED_TRACES_DIR / "cellular" / "Verizon-LTE-short.up"
 

@@ -14,7 +14,7 @@ from sim.outcomes import ReplayProvider
 from sim.records import DROP_REASONS
 from sim.scenario import load_scenario
 from sim.table import BenchmarkTable
-from sim.testdata import SYNTHETIC_QPS, synthetic_table, tiny_scenario
+from tests.support.sim_tables import SYNTHETIC_QPS, synthetic_table, tiny_scenario
 
 
 @pytest.fixture(scope="module")

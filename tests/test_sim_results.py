@@ -17,7 +17,7 @@ from cfqa_core.cli import main
 from edge.policies.registry import POLICIES, PolicyParams
 from sim.results import run_policies, write_run
 from sim.scenario import load_scenario
-from sim.testdata import synthetic_table, tiny_scenario
+from tests.support.sim_tables import synthetic_table, tiny_scenario
 
 SUMMARY_KEYS = {
     "bytes_total", "bandwidth_savings_vs_baseline", "cls_top1", "seg_miou", "dpt_rmse", "latency_p50_s",

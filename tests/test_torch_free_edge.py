@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from cfqa_core.models import load_model
-from cloud.testing import ServerProcess, test_model_spec, write_images
 from edge.onnx_export import export_edge
+from tests.support.serving import ServerProcess, test_model_spec, write_images
 
 ROOT = Path(__file__).resolve().parent.parent
 SPLIT = 4

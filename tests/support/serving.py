@@ -1,4 +1,6 @@
-"""Helpers for tests and benchmarks of the edge-cloud path: a model to serve, real frames, certificates.
+"""For tests and benchmarks of the edge-cloud path: a model to serve, real frames, certificates.
+
+TEST DATA ONLY: the random model serves transport tests, never accuracy figures.
 
 ``test_model_spec()`` names the model to test with: ``$CFQA_TEST_MODEL``
 (default ``embedded``); when that is ``embedded`` and its weights are absent,

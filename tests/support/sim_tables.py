@@ -1,6 +1,6 @@
 """Synthetic test data: a multi-task benchmark table and a tiny scenario.
 
-TEST DATA ONLY: built from :func:`edge.policies.testdata.synthetic_frame`
+TEST DATA ONLY: built from :func:`tests.support.policy_frames.synthetic_frame`
 (plausible shapes, not measurements). Tests and the simulator's speed
 benchmark use it when no real ``table.parquet`` (``cfqa dataset build``)
 exists; never report accuracy figures from it.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.policies.testdata import QPS as SYNTHETIC_QPS
+from tests.support.policy_frames import QPS as SYNTHETIC_QPS
 
 __all__ = ["SYNTHETIC_QPS", "synthetic_table", "tiny_scenario"]
 
@@ -22,7 +22,7 @@ def synthetic_table(*, images: int = 8, tasks: tuple[str, ...] = ("cls", "seg", 
     """A pandas table in the benchmark schema: every task x codec on ``images`` images of random difficulty."""
     import pandas as pd
 
-    from edge.policies.testdata import synthetic_frame
+    from tests.support.policy_frames import synthetic_frame
 
     rng = np.random.default_rng(seed)
     frames = []
