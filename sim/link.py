@@ -89,15 +89,22 @@ class Link:
         ``on_done(delivery)`` instead (one event fewer, for the simulator's hot path).
         """
         now = self.env.now
-        wire, lost, penalty = self._apply_loss(int(nbytes))
+        if self.loss_rate > 0.0:
+            wire, lost, penalty = self._apply_loss(int(nbytes))
+        else:
+            wire, lost, penalty = int(nbytes), False, 0.0
         done = on_done
         ev = None
         if done is None:
             ev = self.env.event()
             done = ev.succeed
-        self._advance(now)
-        if not self._active:
-            self._next = max(self._next, self._index_at(now))
+        if self._active:
+            self._advance(now)
+        else:
+            # Idle: opportunities since the last transfer were lost; start at the next one from now.
+            j = self._index_at(now)
+            if j > self._next:
+                self._next = j
         heapq.heappush(self._active, (self._v + wire, self._seq, done, wire, now, lost, penalty))
         self._seq += 1
         self._schedule()
@@ -143,27 +150,33 @@ class Link:
 
     def _schedule(self) -> None:
         self._timer_version += 1
-        if not self._active or not self.up:
+        active = self._active
+        if not active or not self.up:
             return
-        remaining = self._active[0][0] - self._v
-        k = max(1, math.ceil((remaining * len(self._active) - _EPS_BYTES) / MTU_BYTES))
-        at = self._time_of(self._next + k - 1)
+        remaining = active[0][0] - self._v
+        k = max(1, math.ceil((remaining * len(active) - _EPS_BYTES) / MTU_BYTES))
+        at = self.trace.time_s(self._next + k - 1) - self.offset_s
         version = self._timer_version
-        timer = self.env.timeout(max(0.0, at - self.env.now))
+        now = self.env.now
+        timer = self.env.timeout(at - now if at > now else 0.0)
         timer.callbacks.append(lambda _ev: self._complete(version, k))
 
     def _complete(self, version: int, k: int) -> None:
         if version != self._timer_version:
             return  # superseded by an arrival or an outage
         now = self.env.now
-        self._v += k * MTU_BYTES / len(self._active)
+        active = self._active
+        self._v += k * MTU_BYTES / len(active)
         self._next += k
         finished = []
-        while self._active and self._active[0][0] - self._v <= _EPS_BYTES:
-            _, _, done, wire, start, lost, penalty = heapq.heappop(self._active)
+        while active and active[0][0] - self._v <= _EPS_BYTES:
+            _, _, done, wire, start, lost, penalty = heapq.heappop(active)
             self.wire_bytes += wire
             finished.append((done, Delivery(wire, start, now, now + self.delay_s + penalty, lost)))
-        self._schedule()
+        if active:
+            self._schedule()
+        else:
+            self._timer_version += 1  # what _schedule does with nothing to schedule
         for done, delivery in finished:  # after rescheduling: a callback may start a new transfer
             done(delivery)
 

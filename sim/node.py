@@ -98,12 +98,16 @@ class EdgeNode:
         self.provider = provider
         self.policy = policy
         self.observe = getattr(policy, "observe", None)
+        # Providers that keep the default ``extract`` measure nothing: skip the call per frame.
+        self.extract = None if type(provider).extract is FrameOutcomeProvider.extract else provider.extract
         self.log = log
         self.rng = rng
         self.image_ids = provider.image_ids(spec.task)
         self.estimator = ThroughputEstimator(spec.estimator_window, spec.initial_bps)
-        self.to_encode: deque[tuple[int, FrameRef]] = deque()
-        self.to_send: deque[tuple[int, FrameRef, int, int]] = deque()
+        # Queued frames carry their deadline (capture + deadline_s) as a float: no log read to test staleness.
+        self.to_encode: deque[tuple[int, FrameRef, float]] = deque()
+        self.to_send: deque[tuple[int, FrameRef, int, int, float]] = deque()
+        self.drop_stale = spec.drop_stale
         self.held = 0            # frames on the node, not yet on the link
         self.busy_s = 0.0        # edge compute time spent
         self.previous_rate_point: int | None = None
@@ -115,42 +119,40 @@ class EdgeNode:
 
     def capture(self, frame_idx: int, image_index: int) -> None:
         """A frame arrives: hold it or drop it when the node's queue is full."""
-        row = self.log.add(self.spec.node_id, self.spec.group, frame_idx, image_index, self.link_index, self.env.now)
-        if self.held >= self.spec.queue_frames:
+        spec, now = self.spec, self.env.now
+        row = self.log.add(spec.node_id, spec.group, frame_idx, image_index, self.link_index, now)
+        if self.held >= spec.queue_frames:
             self.log.drop(row, QUEUE_FULL)
             return
         self.held += 1
-        self.to_encode.append((row, FrameRef(self.spec.node_id, frame_idx, self.spec.task, image_index,
-                                             self.image_ids[image_index])))
+        self.to_encode.append((row, FrameRef(spec.node_id, frame_idx, spec.task, image_index,
+                                             self.image_ids[image_index]), now + spec.deadline_s))
         if not self.encoding:
             self._encode_next()
-
-    def _is_stale(self, row: int) -> bool:
-        return self.spec.drop_stale and self.env.now >= self.log.t_capture[row] + self.spec.deadline_s
 
     def _encode_next(self) -> None:
         """Start encoding the oldest held frame that is not stale."""
         log = self.log
         while self.to_encode:
-            row, frame = self.to_encode.popleft()
-            if self._is_stale(row):
+            row, frame, deadline = self.to_encode.popleft()
+            if self.drop_stale and self.env.now >= deadline:
                 log.drop(row, STALE)
                 self.held -= 1
                 continue
             log.t_encode_start[row] = self.env.now
-            decision, edge_s, nbytes = self._decide(row, frame)
+            decision, edge_s, nbytes = self._decide(frame, deadline)
             self.encoding = True
             self.env.timeout(edge_s).callbacks.append(
-                lambda _ev: self._encoded(row, frame, decision, edge_s, nbytes)
+                lambda _ev: self._encoded(row, frame, decision, edge_s, nbytes, deadline)
             )
             return
         self.encoding = False
 
-    def _decide(self, row: int, frame: FrameRef) -> tuple[Decision, float, int]:
-        """Run the policy for a frame; returns (decision, edge seconds, bytes)."""
+    def _decide(self, frame: FrameRef, deadline: float) -> tuple[Decision, float, int]:
+        """Run the policy for a frame due back by ``deadline``; returns (decision, edge seconds, bytes)."""
         spec = self.spec
         now = self.env.now
-        time_left_s = self.log.t_capture[row] + spec.deadline_s - now
+        time_left_s = deadline - now
         ctx = self._ctx
         if ctx is not None and self.provider.rebind_context(ctx, frame):
             ctx.reset(
@@ -171,12 +173,13 @@ class EdgeNode:
                 rng=self.rng,
                 metric_s=spec.metric_s,
             )
-        backbone = self.provider.extract(frame)
+        backbone = None if self.extract is None else self.extract(frame)
         decision = as_decision(self.policy.decide(ctx), ctx)
         edge_s = (spec.backbone_s if backbone is None else backbone) + decision.edge_time_s
         return decision, edge_s, ctx.encoded(decision.rate_point).nbytes
 
-    def _encoded(self, row: int, frame: FrameRef, decision: Decision, edge_s: float, nbytes: int) -> None:
+    def _encoded(self, row: int, frame: FrameRef, decision: Decision, edge_s: float, nbytes: int,
+                 deadline: float) -> None:
         log = self.log
         self.busy_s += edge_s
         log.t_encode_done[row] = self.env.now
@@ -187,7 +190,7 @@ class EdgeNode:
         log.metric[row] = decision.metric
         log.met_target[row] = -1 if decision.met_target is None else int(decision.met_target)
         self.previous_rate_point = decision.rate_point
-        self.to_send.append((row, frame, decision.rate_point, nbytes))
+        self.to_send.append((row, frame, decision.rate_point, nbytes, deadline))
         if not self.sending:
             self._send_next()
         self._encode_next()
@@ -195,9 +198,9 @@ class EdgeNode:
     def _send_next(self) -> None:
         """Put the oldest encoded frame that is not stale on the link."""
         while self.to_send:
-            row, frame, rate_point, nbytes = self.to_send.popleft()
+            row, frame, rate_point, nbytes, deadline = self.to_send.popleft()
             self.held -= 1
-            if self._is_stale(row):
+            if self.drop_stale and self.env.now >= deadline:
                 self.log.drop(row, STALE)
                 continue
             self.log.t_send_start[row] = self.env.now

@@ -176,7 +176,11 @@ class PolicyContext:
             return self._cache[rate_point]
         bare = self._bare.get(rate_point)
         if bare is None:
-            bare = self._bare[rate_point] = self._cache[rate_point]._replace(metrics=_NO_METRICS)
+            out = self._cache[rate_point]
+            # Calling the class is several times cheaper than namedtuple._replace.
+            bare = (EncodeOutcome(out.rate_point, out.nbytes, out.encode_s, _NO_METRICS, out.decode_s)
+                    if type(out) is EncodeOutcome else out._replace(metrics=_NO_METRICS))
+            self._bare[rate_point] = bare
         return bare
 
     def _assess(self, out: EncodeOutcome) -> tuple[EncodeOutcome, float]:
