@@ -245,13 +245,17 @@ def headline(run: Ladder, paper: Ladder | None = None, fidelity: Ladder | None =
     out.append(f"Table: {run.name} ladder, {', '.join(f'{n_orig[t]} {t}' for t in task_order(n_orig.index))} "
                f"originals, codecs {', '.join(sorted(s['codec'].unique()))}.")
     fine = s[np.isfinite(s["plcc_oriented"])]
+    # Compare metrics on the same cells: only (codec, task) pairs where every metric has a correlation.
+    complete = fine.groupby(["codec", "task"])["metric"].transform("nunique") == fine["metric"].nunique()
+    fine = fine[complete] if complete.any() else fine
     if len(fine):
         best = fine.groupby(["task", "metric"])["plcc_oriented"].mean()
         per_task = []
         for t in task_order(best.index.get_level_values(0).unique()):
             b = best.loc[t]
             per_task.append(f"{t}: {_name(b.idxmax())} {b.max():+.2f}")
-        out.append("Best metric by mean oriented PLCC over codecs: " + "; ".join(per_task) + ".")
+        out.append("Best metric by mean oriented PLCC (over the codecs every metric covers): "
+                   + "; ".join(per_task) + ".")
     if "cosine" in set(s["metric"]):
         cos = s[s["metric"] == "cosine"]
         excl = cos[(cos["plcc_oriented_lo"] > 0) | (cos["plcc_oriented_hi"] < 0)]
