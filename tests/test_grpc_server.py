@@ -190,6 +190,16 @@ def test_tls(engine, model, payloads, tmp_path) -> None:
         running.stop(0).wait()
 
 
+def _wait_for(condition, timeout_s: float = 10.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout_s`` passes; whether it held."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def test_concurrency_limit_and_deadline(engine, model, payloads) -> None:
     running = start_server(ServerConfig(port=0, host="127.0.0.1", max_queue=1), engine=engine)
     servicer = running.servicer
@@ -212,18 +222,20 @@ def test_concurrency_limit_and_deadline(engine, model, payloads) -> None:
                 held = False
                 assert first.result(timeout=30).results[0].top_k
                 assert first.result().timings.queue_ms > 0
-                # A call whose deadline passes while it waits for compute is never computed.
+                # A call whose deadline passes while it waits for compute is never computed: its
+                # handler gives up on its own (the slot is still held), counts an error, leaves the queue.
                 servicer.compute_slots.acquire()
                 held = True
-                computed = engine.frames_computed
+                computed, errors, ok = engine.frames_computed, servicer.stats["error"], servicer.stats["ok"]
                 with pytest.raises(grpc.RpcError) as err:
                     stub.Infer(req3, timeout=0.3)
                 assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-                time.sleep(0.3)
+                assert _wait_for(lambda: servicer.in_flight == 0 and servicer.stats["error"] == errors + 1)
+                assert servicer.stats["ok"] == ok and engine.frames_computed == computed
                 servicer.compute_slots.release()
                 held = False
-                time.sleep(0.2)
-                assert engine.frames_computed == computed
+                assert servicer.compute_slots.acquire(blocking=False)  # the abandoned frame left no slot taken
+                servicer.compute_slots.release()
                 assert stub.Infer(req4, timeout=30).results[0].top_k  # and it keeps serving
             finally:
                 if held:

@@ -1,6 +1,8 @@
 """The learned metric: statistics, the numpy MLP, its ONNX twin, and training on a real build."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -80,19 +82,58 @@ def test_monotone_model_never_lowers_damage_as_an_error_grows():
         assert (model.predict(bumped, tasks[:200]) >= base - 1e-12).all(), STAT_NAMES[k]
 
 
+def _damage_from_files(folder, stats: np.ndarray, tasks) -> np.ndarray:
+    """The saved model's damage, row by row, straight from ``model.json`` and ``model.npz``.
+
+    Written out from the file format (standardise, append the one-hot, leaky-ReLU MLP,
+    de-standardise by the row's task) without ``LearnedMetricModel``.
+    """
+    meta = json.loads((folder / "model.json").read_text())
+    with np.load(folder / "model.npz") as z:
+        a = {k: z[k].astype(np.float64) for k in z.files}
+    out = []
+    for row, task in zip(np.asarray(stats, np.float64), tasks):
+        k = meta["tasks"].index(task)
+        h = np.concatenate([(row - a["x_mean"]) / a["x_std"], np.eye(len(meta["tasks"]))[k]])
+        for i in range(meta["n_layers"]):
+            h = h @ a[f"w{i}"] + a[f"b{i}"]
+            if i < meta["n_layers"] - 1:
+                h = np.where(h > 0, h, meta["leak"] * h)
+        out.append(h[0] * a["y_std"][k] + a["y_mean"][k])
+    return np.array(out)
+
+
 def test_save_load_and_onnx_give_the_same_numbers(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     stats, tasks, target = _synthetic(600, 2)
     model = fit(stats, tasks, target, MetricTrainConfig(steps=200))
     model.save(tmp_path)
     again = LearnedMetricModel.load(tmp_path)
-    np.testing.assert_array_equal(again.predict(stats, tasks), again.predict(stats, tasks))
+    by_hand = _damage_from_files(tmp_path, stats, tasks)
+    assert np.ptp(by_hand) > 0.1  # a fitted model, not a constant
+    np.testing.assert_allclose(again.predict(stats, tasks), by_hand, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(again.predict(stats, tasks), model.predict(stats, tasks), rtol=1e-4, atol=1e-4)
     export_onnx(again, tmp_path / "model.onnx")
     sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     out = sess.run(None, {"stats": stats.astype(np.float32),
                           "task_onehot": again.task_onehot(tasks).astype(np.float32)})[0][:, 0]
     np.testing.assert_allclose(out, again.predict(stats, tasks), rtol=1e-4, atol=1e-4)
+
+
+def test_shipped_weights_match_the_shipped_onnx_graph():
+    from cfqa_core.metrics.learned import WEIGHTS_DIR
+
+    ort = pytest.importorskip("onnxruntime")
+    if not (WEIGHTS_DIR / "model.onnx").is_file():
+        pytest.skip("learned metric weights are not trained yet")
+    model = LearnedMetricModel.load(WEIGHTS_DIR)
+    stats, tasks, _ = _synthetic(300, 5)
+    stats = stats - 3.0  # log10 statistics of real pairs sit well below zero
+    sess = ort.InferenceSession(str(WEIGHTS_DIR / "model.onnx"), providers=["CPUExecutionProvider"])
+    onehot = np.eye(len(model.tasks))[[model.tasks.index(t) for t in tasks]]
+    out = sess.run(None, {"stats": stats.astype(np.float32), "task_onehot": onehot.astype(np.float32)})[0][:, 0]
+    np.testing.assert_allclose(model.predict(stats, tasks), out, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_damage_from_files(WEIGHTS_DIR, stats, tasks), out, rtol=1e-4, atol=1e-4)
 
 
 def test_bad_inputs_are_named(tmp_path):
