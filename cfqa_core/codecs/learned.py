@@ -1,7 +1,7 @@
 """Learned hyperprior feature codecs: registered ``FeatureCodec``s, torch-free by default.
 
 A codec folder (``cfqa_core/weights/codecs/<name>/``, written by
-:func:`cfqa_core.codecs.hyperprior.export_codec`) holds the four transforms
+:func:`cfqa_core.codecs.hyperprior.export.export_codec`) holds the four transforms
 as ONNX graphs (``g_a``, ``h_a``, ``h_s``, ``g_s``), the entropy tables and
 gains (``tables.npz``) and ``codec.json``. Encoding is
 
@@ -37,14 +37,19 @@ import numpy as np
 from cfqa_core.codecs import entropy
 from cfqa_core.codecs.base import EncodedFeature, FeatureCodec, register_codec
 from cfqa_core.codecs.block import checked_frame_size
+from cfqa_core.codecs.learned_format import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    LATENT_STRIDE,
+    STRIDE,
+    TABLES_FILE,
+    TRANSFORMS,
+)
 from cfqa_core.errors import CodecError, DataError
 from cfqa_core.packing import PackingParams, pack, unpack
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights" / "codecs"
-FORMAT_VERSION = 1
-TRANSFORMS = ("g_a", "h_a", "h_s", "g_s")
 BACKENDS = ("auto", "onnx", "torch")
-STRIDE = 64
 # name -> (variant, training task) of the codecs shipped with the package.
 SHIPPED: dict[str, tuple[str, str]] = {
     "hyperprior-cls": ("scale", "cls"),
@@ -81,7 +86,7 @@ class CodecBundle:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
-        cfg_path = self.folder / "codec.json"
+        cfg_path = self.folder / CONFIG_FILE
         if not cfg_path.is_file():
             raise CodecError(f"learned codec weights missing: {cfg_path} not found")
         try:
@@ -100,7 +105,7 @@ class CodecBundle:
             if not (self.folder / f"{name}.onnx").is_file():
                 raise CodecError(f"learned codec weights missing: {self.folder / name}.onnx not found")
         try:
-            with np.load(self.folder / "tables.npz") as t:
+            with np.load(self.folder / TABLES_FILE) as t:
                 self.scale_table = t["scale_table"].astype(np.float64)
                 self.prior = entropy.FactorizedTable(
                     t["medians"].astype(np.float32), t["offsets"].astype(np.int32),
@@ -108,7 +113,7 @@ class CodecBundle:
                 )
                 self.gains = {k: t[k].astype(np.float32) for k in ("gain_y", "igain_y", "gain_z", "igain_z")}
         except (OSError, KeyError, ValueError) as exc:
-            raise CodecError(f"cannot read {self.folder / 'tables.npz'}: {exc}") from None
+            raise CodecError(f"cannot read {self.folder / TABLES_FILE}: {exc}") from None
         k = len(self.lambdas)
         if self.gains["gain_y"].shape != (k, self.M) or self.gains["gain_z"].shape != (k, self.Nh):
             raise CodecError(f"{self.folder}: gains do not match {k} rate points of M={self.M}, Nh={self.Nh}")
@@ -119,7 +124,7 @@ class CodecBundle:
     def weights_id(self) -> str:
         """Short hash of every file that determines the bitstream: encoder and decoder must agree."""
         h = hashlib.sha256()
-        for name in (*(f"{t}.onnx" for t in TRANSFORMS), "tables.npz"):
+        for name in (*(f"{t}.onnx" for t in TRANSFORMS), TABLES_FILE):
             h.update((self.folder / name).read_bytes())
         return h.hexdigest()[:16]
 
@@ -271,7 +276,7 @@ class LearnedCodec(FeatureCodec):
 
     def _latent_shapes(self, ph: int, pw: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         b = self.bundle
-        return (1, b.M, ph // 16, pw // 16), (1, b.Nh, ph // STRIDE, pw // STRIDE)
+        return (1, b.M, ph // LATENT_STRIDE, pw // LATENT_STRIDE), (1, b.Nh, ph // STRIDE, pw // STRIDE)
 
     # -- the FeatureCodec contract ------------------------------------------------------
 
