@@ -1,3 +1,4 @@
+# Over 450 lines: a standalone script; its mutation catalogue and its run belong together.
 """Fuzz the gRPC cloud with mutated unary and streaming requests over every codec.
 
 A ``cfqa cloud serve`` process on 127.0.0.1 serves the model. For each codec

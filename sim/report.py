@@ -1,3 +1,4 @@
+# Over 450 lines: a run folder's figures and its Markdown/HTML text, which embeds those figures.
 """Plots and reports of a run folder: Markdown and one self-contained HTML page.
 
 The report opens with one headline sentence (the summary's ``headline`` when

@@ -1,3 +1,4 @@
+# Over 450 lines: one pydantic schema with its YAML loading, line numbers and --set overrides.
 """Scenario files: pydantic schema, YAML loading with line numbers, ``--set``.
 
 Every error is a :class:`ScenarioError` naming the field path and, when the

@@ -1,3 +1,4 @@
+# Over 450 lines: the real payloads and server fixtures are shared by every hostile-input, admission and auth case.
 """The cloud server under hostile input and load: real servers on loopback, real codecs, real bytes."""
 from __future__ import annotations
 

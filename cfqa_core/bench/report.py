@@ -1,3 +1,4 @@
+# Over 450 lines: one report's Markdown, HTML and JSON renderings, written from the same computed figures.
 """The benchmark report: Markdown and HTML (summary first), CSV, JSON, one figure per question.
 
 Every number and verdict is computed here from the table; the summary at the

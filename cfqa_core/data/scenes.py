@@ -1,3 +1,4 @@
+# Over 450 lines: one renderer (solids, scene description, ray casting, shading) sharing private geometry.
 """Procedural indoor scenes, ray-cast analytically with numpy.
 
 A pinhole camera looks into a room (floor, back wall, optional side walls and
