@@ -13,10 +13,11 @@ A node is three stages:
 Arrivals, the encoder and the sender are advanced by event callbacks (as
 the cloud) rather than processes: a process costs a wake-up event and a
 resume per frame at each stage, and a thousand nodes for an hour is about a
-million such frames. For the same reason a node keeps one policy context and
-resets it per frame, and its estimator keeps the inverses it sums. A frame whose deadline has passed
-before it is encoded or sent is dropped (``stale``) when ``drop_stale`` is
-set. The cloud's result returns after the link's propagation delay.
+million such frames. For the same reason a node keeps one policy context
+and resets it per frame, and its estimator keeps the inverses it sums. A
+frame whose deadline has passed before it is encoded or sent is dropped
+(``stale``) when ``drop_stale`` is set. The cloud's result returns after
+the link's propagation delay.
 """
 from __future__ import annotations
 

@@ -99,9 +99,9 @@ class FrameOutcomeProvider(ABC):
     def rebind_context(self, ctx: PolicyContext, frame: FrameRef) -> bool:
         """Point a context from :meth:`policy_context` at the node's next ``frame``.
 
-        True when ``ctx`` was built by this provider for the same node and codec
-        (then ``ctx.reset(...)`` readies it for the frame); False when the caller
-        must build a new context.
+        True when ``ctx`` was built by this provider for the same node (whose
+        task and codec do not change); ``ctx.reset(...)`` then readies it for
+        the frame. False when the caller must build a new context.
         """
         if type(ctx) is not ProviderContext or ctx.provider is not self or ctx.node_id != frame.node_id:
             return False
