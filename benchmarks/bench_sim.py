@@ -40,12 +40,13 @@ TARGETS: dict[str, float] = {"fixed-matched": 1.0, "cfqa-target": 1.5}
 
 def _table_override(scenario: Path, tmp: Path) -> tuple[list[str], str]:
     from sim.scenario import load_scenario
-    from tests.support.sim_tables import synthetic_table
 
     try:
         load_scenario(scenario)
         return [], "real"
-    except Exception:  # no real table yet: fall back to the synthetic one
+    except Exception:  # no real table yet: fall back to the synthetic one (run from the repository root)
+        from tests.support.sim_tables import synthetic_table
+
         path = tmp / "synthetic_table.parquet"
         if not path.exists():
             synthetic_table(images=50, seed=0).to_parquet(path)
