@@ -327,6 +327,7 @@ def scatter_plots(table, metrics: Sequence[str], out_dir: Path, target: str = "g
 
     plt = _pyplot()
     cells = _cells(table)
+    top = float(table["rate_index"].max()) if "rate_index" in table.columns else None
     paths = []
     for metric in metrics:
         spec = METRICS.get(metric)
@@ -341,8 +342,10 @@ def scatter_plots(table, metrics: Sequence[str], out_dir: Path, target: str = "g
             ok = np.isfinite(x) & np.isfinite(y)
             xv, label, log = _metric_axis(metric, x[ok], upper, hib)
             if ok.any():
+                # One colour scale for every panel, so the colour bar reads the same on ladders of any length.
                 sc = ax.scatter(xv, y[ok], s=6, alpha=0.5, c=cell["rate_index"].to_numpy(np.float64)[ok]
-                                if "rate_index" in cell.columns else None, cmap="viridis", linewidths=0)
+                                if "rate_index" in cell.columns else None, cmap="viridis", linewidths=0,
+                                vmin=0, vmax=top)
                 if log:
                     _log_axis(ax, "x", xv)
             dropped = int((~ok).sum())
