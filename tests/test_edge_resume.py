@@ -9,32 +9,18 @@ from pathlib import Path
 
 import grpc
 import pytest
-import torch
 
-from cfqa_core.models import load_model
-from cloud.engine import InferenceEngine
 from cloud.server import ServerConfig, start_server
 from edge.backends import TorchBackend
 from edge.client import CloudClient, RetryPolicy, is_retryable
 from edge.runner import EdgeRunner, RunConfig, build_policy, frame_id_of, load_image
 from edge.spool import JOURNAL, QUARANTINE, SUFFIX, SpoolItem, SpoolQueue, spool_name
 from proto.convert import load_codecs
-from tests.support.serving import free_port, test_model_spec, write_images
+from tests.support.serving import free_port, write_images
 
 load_codecs()
 SPLIT = 4
 FAST_RETRY = RetryPolicy(initial_s=0.05, max_s=0.2)
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.set_num_threads(1)
-    return load_model(test_model_spec())
-
-
-@pytest.fixture(scope="module")
-def engine(model):
-    return InferenceEngine({model.meta.name: model})
 
 
 @pytest.fixture(scope="module")
