@@ -59,7 +59,9 @@ class SplitInferenceServicer:
         INVALID_ARGUMENT (corrupt bitstream, wrong shape, unknown codec or task),
         NOT_FOUND (unknown model), FAILED_PRECONDITION (model version differs),
         UNAUTHENTICATED (missing or wrong bearer token), RESOURCE_EXHAUSTED
-        (concurrency limit reached), DEADLINE_EXCEEDED.
+        (the admission queue is full or a frame waited past its queue-delay
+        limit; safe to retry), DEADLINE_EXCEEDED. A repeated (node_id, frame_id)
+        with the same content is answered from the server's replay cache.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -67,8 +69,9 @@ class SplitInferenceServicer:
 
     def InferStream(self, request_iterator, context):
         """A node's stream of frames; one response per request, in order. A frame
-        that fails is answered in-band (InferResponse.error) so that the stream
-        goes on; authentication and overload end the stream with a status.
+        that fails, or is refused by admission, is answered in-band
+        (InferResponse.error) so that the stream goes on; authentication, the
+        per-peer stream cap and the idle timeout end the stream with a status.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
