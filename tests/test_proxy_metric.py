@@ -85,3 +85,12 @@ def test_training_recovers_the_head_at_the_last_block(tmp_path):
     assert result["fit"][0]["r2_clean"] > 0.99
     heads = ProxySet.load(tmp_path / "p.npz")
     assert set(heads.heads) == {("cls", 8)} and heads.default_split == 8
+
+
+def test_class_damage_grows_with_the_rank_lost():
+    from cfqa_core.metrics.proxy import class_damage
+
+    ref = np.array([[3.0, 1.0, 0.0]])
+    assert class_damage(ref, np.array([[2.0, 1.0, 0.0]]))[0] == pytest.approx(0.5)   # margin half used
+    assert class_damage(ref, np.array([[1.0, 2.0, 0.0]]))[0] == 2.0                  # overtaken once
+    assert class_damage(ref, np.array([[0.0, 2.0, 1.0]]))[0] == 3.0                  # overtaken twice

@@ -8,9 +8,10 @@ the cloud (remaining blocks + task head) on f and on f^ at the edge and
 scores how far the proxy's output moved, in the unit of the task's output
 tolerance (:mod:`cfqa_core.fidelity`). Lower is better; 0 = unchanged.
 
-- cls: the share of the reference class's logit margin that f^ used up,
-  ``(m(f) - m(f^)) / m(f)`` with ``m`` the logit of the class predicted from
-  f minus the best other logit (above 1: the proxy's top-1 changed);
+- cls: while the class predicted from f stays on top, the share of its
+  logit margin that f^ used up, ``(m(f) - m(f^)) / m(f)`` with ``m`` its
+  logit minus the best other logit (below 1); once it lost the top, the rank
+  it fell to (2, 3, ...);
 - seg: the fraction of pixels whose label changes: the proxy's class logits
   per patch are upsampled bilinearly (as the head does) to the head's output
   resolution (patch size x the patch grid), the image and its flipped view
@@ -99,7 +100,7 @@ class ProxyHead:
         """How far the proxy's output moved from f to f^ (0 = unchanged; see the module)."""
         ref, out = self.outputs(f), self.outputs(fhat)
         if self.task == "cls":
-            return float(margin_used(ref, out).mean())
+            return float(np.mean(class_damage(ref, out)))
         ref, out = upsample_patches(ref, UPSAMPLE[self.task]), upsample_patches(out, UPSAMPLE[self.task])
         if self.task == "seg":
             return float(np.mean(merge_views(ref).argmax(axis=-1) != merge_views(out).argmax(axis=-1)))
@@ -138,6 +139,14 @@ def merge_views(x: np.ndarray) -> np.ndarray:
     if x.ndim < 3 or x.shape[0] != 2:
         return x
     return 0.5 * (x[0] + x[1][:, ::-1])
+
+
+def class_damage(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Per row: the share of the top-1 margin used up while the top-1 holds; once it changed, the rank
+    the reference class fell to (2, 3, ...), so the score keeps growing as more classes overtake it."""
+    top = ref.argmax(axis=-1)[..., None]
+    rank = 1 + np.sum(out > np.take_along_axis(out, top, axis=-1), axis=-1)
+    return np.where(rank > 1, rank.astype(np.float64), margin_used(ref, out))
 
 
 def margin_used(ref: np.ndarray, out: np.ndarray) -> np.ndarray:

@@ -61,6 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     f = psub.add_parser("fit", help="fit the rate plans cfqa-target and hybrid run, on the calibration half")
     _common(f)
     f.add_argument("--out", required=True, help="rate plan file to write (JSON)")
+    f.add_argument("--timing", default=None,
+                   help="timing profile: fit for frames that must also arrive in time on the link below")
+    f.add_argument("--throughput-mbps", type=float, default=5.0, help="link of the deadline (with --timing)")
+    f.add_argument("--deadline-s", type=float, default=1.0, help="deadline per frame (with --timing)")
     f.set_defaults(func=_fit)
 
     ls = psub.add_parser("list", help="registered policies and their parameters")
@@ -108,7 +112,8 @@ def _fit(args: argparse.Namespace) -> int:
     from sim.ratecontrol.shipped import fit_shipped_plans
 
     plans = fit_shipped_plans(args.table, args.out, tasks=args.task, codecs=args.codec, metric=args.metric,
-                              target=args.target_success, tolerance=args.tolerance)
+                              target=args.target_success, tolerance=args.tolerance, timing=args.timing,
+                              throughput_mbps=args.throughput_mbps, deadline_s=args.deadline_s)
     if args.json:
         print(json.dumps({f"{t}/{c}": p.to_json() for (t, c), p in plans.plans.items()}, indent=2))
     else:

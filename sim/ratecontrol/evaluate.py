@@ -17,7 +17,7 @@ Protocol (per task and codec):
 - **Policies** run through the real policy code on replayed encodes
   (:func:`edge.policies.replay.replay_context`): ``cfqa-target`` and
   ``hybrid`` with the rate plan fitted on the calibration half
-  (:mod:`sim.ratecontrol.fit`), ``bandwidth`` with its own link budget;
+  (:mod:`sim.ratecontrol.fit`, for the same link and deadline), ``bandwidth`` with its own link budget;
   ``oracle`` is the per-image cheapest rung within tolerance (a bound).
 - **Edge time**: every trial's encode, plus for each scored trial its local
   decode and the metric's cost, from the table's measurements or a timing
@@ -46,7 +46,7 @@ from edge.policies.registry import POLICIES, get_policy
 from edge.policies.replay import replay_context
 from edge.policies.spec import PolicySpec, parse_spec
 from edge.policies.table import ReplayArrays, load_frame, metric_columns, replay_arrays, tasks_and_codecs
-from sim.ratecontrol.fit import fit_plan
+from sim.ratecontrol.fit import Deadline, fit_plan
 from sim.ratecontrol.shipped import calibration_images, evaluation_images
 
 MATCHED = "fixed-matched"
@@ -149,8 +149,11 @@ def evaluate_arrays(arr: ReplayArrays, cfg: EvalConfig, specs: list[PolicySpec],
     for j, (cal, ev) in enumerate(halves(n)):
         mf = matched_fixed_rung(task, arr.output_change[cal], sent[cal], target=cfg.target_success,
                                 tolerance=cfg.tolerance)
+        deadline = Deadline(arr.encode_s[cal], arr.decode_s[cal], metric_s, cfg.throughput_mbps * 1e6,
+                            cfg.deadline_s)
         plan = fit_plan(task, arr.codec, arr.rate_points, cfg.metric, arr.metric(cfg.metric)[cal],
-                        arr.output_change[cal], sent[cal], target=cfg.target_success, tolerance=cfg.tolerance)
+                        arr.output_change[cal], sent[cal], target=cfg.target_success, tolerance=cfg.tolerance,
+                        deadline=deadline)
         plan_path = plan_dir / f"{task}-{arr.codec}-fold{j}.json"
         RatePlans({(task, arr.codec): plan}, {"table": cfg.table, "fold": j}).save(plan_path)
         fold_info.append({"fold": j, "calibration_images": int(cal.size), "evaluation_images": int(ev.size),

@@ -45,8 +45,20 @@ def table_split(table: str | Path) -> int | None:
 def fit_shipped_plans(table: str | Path, out: str | Path, *, tasks: Sequence[str] | None = None,
                       codecs: Sequence[str] | None = None, metric: str = "proxy",
                       target: float = DEFAULT_TARGET_SUCCESS,
-                      tolerance: Mapping[str, float] | None = None) -> RatePlans:
-    """Fit one plan per (task, codec) on the calibration half and write them to ``out``."""
+                      tolerance: Mapping[str, float] | None = None, timing: str | Path | None = None,
+                      throughput_mbps: float = 5.0, deadline_s: float = 1.0) -> RatePlans:
+    """Fit one plan per (task, codec) on the calibration half and write them to ``out``.
+
+    With a timing profile, plans are fitted for frames that must also arrive within ``deadline_s``
+    on a ``throughput_mbps`` link (edge encode, decode and metric times from the profile).
+    """
+    from sim.ratecontrol.fit import Deadline
+
+    profile = None
+    if timing is not None:
+        from sim.timing import TimingProfile
+
+        profile = TimingProfile.load(timing)
     frame = load_frame(table)
     plans = {}
     for task, present in tasks_and_codecs(frame).items():
@@ -58,12 +70,21 @@ def fit_shipped_plans(table: str | Path, out: str | Path, *, tasks: Sequence[str
             arr = replay_arrays(frame, task, codec)
             cal = calibration_images(arr.n_images)
             sent = arr.bytes + arr.meta_bytes
+            deadline = None
+            if profile is not None:
+                arr = profile.apply(arr)
+                deadline = Deadline(arr.encode_s[cal], arr.decode_s[cal], profile.metric_s(metric, task),
+                                    throughput_mbps * 1e6, deadline_s)
             plans[(task, codec)] = fit_plan(task, codec, arr.rate_points, metric, arr.metric(metric)[cal],
-                                            arr.output_change[cal], sent[cal], target=target, tolerance=tolerance)
+                                            arr.output_change[cal], sent[cal], target=target, tolerance=tolerance,
+                                            deadline=deadline)
     split = table_split(table)
     for plan in plans.values():
         plan.fitted["split"] = split
     result = RatePlans(plans, {"table": str(table), "half": "calibration (even image positions)", "split": split,
+                               "timing": None if timing is None else str(timing),
+                               "link": None if timing is None else {"throughput_mbps": throughput_mbps,
+                                                                    "deadline_s": deadline_s},
                                "target_success": target, "tolerance": dict(tolerance or {})})
     result.save(out)
     return result
