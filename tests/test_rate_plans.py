@@ -123,3 +123,18 @@ def test_shipped_plans_cover_the_shipped_table():
     for plan in plans.plans.values():
         assert plan.metric == "proxy" and len(plan.steps) <= 2
         assert plan.fitted["target_success"] == 0.99
+
+
+def test_a_fall_back_that_makes_frames_late_is_not_fitted(arr):
+    from sim.ratecontrol.fit import Deadline
+
+    sent = arr.bytes + arr.meta_bytes
+    args = ("cls", "hevc", arr.rate_points, "proxy", arr.metric("proxy"), arr.output_change, sent)
+    assert len(fit_plan(*args).steps) == 2
+    # Each encode takes 0.6 s against a 1 s deadline: one encode fits, a probe plus a fall-back does not.
+    slow = Deadline(np.full(sent.shape, 0.6), np.full(sent.shape, 0.01), 0.001, 1e9, 1.0)
+    plan = fit_plan(*args, deadline=slow)
+    assert len(plan.steps) == 1 and plan.steps[0].rate_point == plan.fitted["matched_fixed_rate_point"]
+    # Fast enough for both encodes: the two-step plan comes back.
+    fast = Deadline(np.full(sent.shape, 0.3), np.full(sent.shape, 0.01), 0.001, 1e9, 1.0)
+    assert len(fit_plan(*args, deadline=fast).steps) == 2
