@@ -8,10 +8,7 @@ environment against a cloud server started from this one.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,9 +16,9 @@ import torch
 
 from cfqa_core.models import load_model
 from edge.onnx_export import export_edge
+from tests.support.installs import clean_env, install_extra
 from tests.support.serving import ServerProcess, test_model_spec, write_images
 
-ROOT = Path(__file__).resolve().parent.parent
 SPLIT = 4
 EDGE_MODULES = ("edge.runner", "edge.backends", "edge.client", "edge.spool", "edge.commands",
                 "edge.run_cmd", "edge.export_cmd", "proto.convert", "proto.cfqa_v1_pb2_grpc",
@@ -29,36 +26,14 @@ EDGE_MODULES = ("edge.runner", "edge.backends", "edge.client", "edge.spool", "ed
                 "cloud.commands")
 
 
-def _ignore(folder: str, names: list[str]) -> set[str]:
-    skip = {n for n in names if n in {".git", "__pycache__", ".pytest_cache", "build", "dist"}
-            or n.endswith((".egg-info", ".onnx", ".pyc"))}
-    if Path(folder) == ROOT:
-        skip |= {n for n in names if n in {"data", "runs", ".cache", "benchmarks", "tests"}}
-    return skip
-
-
-def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
 @pytest.fixture(scope="module")
 def edge_venv(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("edge-install")
-    src = base / "src"
-    shutil.copytree(ROOT, src, ignore=_ignore)
-    venv = base / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=1800)
-    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"{src}[edge]"],
-                         capture_output=True, text=True, timeout=1800, env=_clean_env(), cwd=base)
-    assert pip.returncode == 0, pip.stderr[-3000:]
-    return venv
+    return install_extra(tmp_path_factory.mktemp("edge-install"), "edge")
 
 
 def _venv_python(venv: Path, code: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True,
-                          timeout=900, env=_clean_env(), cwd=cwd)
+                          timeout=900, env=clean_env(), cwd=cwd)
 
 
 @pytest.mark.slow
@@ -76,7 +51,7 @@ def test_edge_install_has_no_torch(edge_venv, tmp_path) -> None:
     imports = _venv_python(edge_venv, code, tmp_path)
     assert imports.returncode == 0, imports.stderr
     listed = subprocess.run([str(edge_venv / "bin" / "cfqa"), "edge", "run", "--help"], capture_output=True,
-                            text=True, timeout=900, env=_clean_env(), cwd=tmp_path)
+                            text=True, timeout=900, env=clean_env(), cwd=tmp_path)
     assert listed.returncode == 0 and "--backend" in listed.stdout
 
 
@@ -86,7 +61,7 @@ def test_edge_install_reports_learned_codecs_need_their_extra(edge_venv, tmp_pat
     missing = _venv_python(edge_venv, "import constriction", tmp_path)
     assert missing.returncode != 0 and "No module named 'constriction'" in missing.stderr
     listed = subprocess.run([str(edge_venv / "bin" / "cfqa"), "codec", "list", "--json"], capture_output=True,
-                            text=True, timeout=900, env=_clean_env(), cwd=tmp_path)
+                            text=True, timeout=900, env=clean_env(), cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     rows = {row["name"]: row for row in json.loads(listed.stdout)}
     learned = [name for name, row in rows.items() if row.get("family") == "learned"]
@@ -111,7 +86,7 @@ def test_edge_runs_onnx_against_cloud(edge_venv, tmp_path) -> None:
              "--task", "cls", "--task", "seg", "--split", str(SPLIT), "--backend", "onnx",
              "--onnx-dir", str(onnx_dir), "--threads", "1", "--token", "edge-secret",
              "--out", str(out), "--no-progress"],
-            capture_output=True, text=True, timeout=1200, env=_clean_env(), cwd=tmp_path)
+            capture_output=True, text=True, timeout=1200, env=clean_env(), cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [json.loads(s) for s in out.read_text().splitlines()]
     assert len(lines) == len(images)
