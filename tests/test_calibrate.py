@@ -9,7 +9,7 @@ import pytest
 
 from cfqa_core.errors import PolicyError
 from edge.policies import as_decision, get_policy
-from edge.policies.accuracy import accuracy, accuracy_drop, damage
+from edge.policies.accuracy import accuracy, accuracy_drop
 from edge.policies.calibration import calibrate, calibrate_arrays, load_calibration, threshold_choices
 from edge.policies.replay import replay_context
 from edge.policies.table import replay_arrays
@@ -37,7 +37,6 @@ def test_accuracy_units():
     assert accuracy_drop("seg", np.array([0.50, 0.60]), np.array([0.52, 0.60])) == pytest.approx(1.0)
     assert accuracy("dpt", np.array([1.0, 3.0])) == 2.0
     assert accuracy_drop("dpt", np.array([1.1, 1.1]), np.array([1.0, 1.0])) == pytest.approx(10.0)
-    np.testing.assert_allclose(damage("seg", np.array([0.5, 0.7]), 0.6), [10.0, 0.0])  # better is no damage
 
 
 def test_zero_tolerance_threshold_is_the_known_cutoff(frame):
