@@ -78,10 +78,10 @@ class FrameOutcomeProvider(ABC):
     def encode(self, frame: FrameRef, codec: str, rate_point: int) -> EncodeOutcome:
         """Encode ``frame``'s feature with ``codec`` at ``rate_point`` (bytes = everything sent)."""
 
-    can_judge: bool = False  # whether :meth:`judge` knows the true task damage (oracle policies)
+    can_judge: bool = False  # whether :meth:`judge` knows the output change (oracle policies)
 
     def judge(self, frame: FrameRef, codec: str, rate_point: int) -> float:
-        """True task damage at ``rate_point`` (only when ``can_judge``)."""
+        """The output change at ``rate_point`` (:mod:`cfqa_core.fidelity`; only when ``can_judge``)."""
         raise NotImplementedError
 
     def policy_context(self, frame: FrameRef, codec: str, **state) -> PolicyContext:

@@ -14,8 +14,9 @@ The same context shape serves three settings:
   outcome up in the benchmark table;
 - live (the edge client): :class:`edge.policies.live.LiveContext` runs the
   real codec, decoder and metric and keeps the bitstream that is sent;
-- oracle runs: ``judge(rate_point)`` returns the true task damage at a rate
-  point (see :mod:`edge.policies.accuracy`); only the ``oracle`` policy uses it.
+- oracle runs: ``judge(rate_point)`` returns how far the cloud's output moves
+  from the uncompressed output at a rate point (:mod:`cfqa_core.fidelity`);
+  only the ``oracle`` policy uses it.
 
 Policies are duck-typed: any object with ``name`` and ``decide(ctx)`` works;
 an optional ``observe(feedback)`` receives a :class:`Feedback` once a frame's
@@ -72,7 +73,7 @@ class PolicyContext:
     ``encode(rate_point)`` returns an :class:`EncodeOutcome`; ``metric_s`` is
     the edge time of one metric evaluation, charged (with the outcome's
     ``decode_s``) the first time a rate point is assessed. ``judge`` maps a
-    rate point to the true task damage (0 = output unchanged), for oracles.
+    rate point to the change of the task output (0 = unchanged), for oracles.
     """
 
     __slots__ = (
@@ -207,7 +208,7 @@ class PolicyContext:
         return self._judge is not None
 
     def judge(self, rate_point: int) -> float:
-        """True task damage at ``rate_point`` (the task heads at the edge; oracles only).
+        """The output change at ``rate_point`` (the task heads at the edge, or a table; oracles only).
 
         Charges the trial encode and the local decode of that rate point.
         """
