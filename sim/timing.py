@@ -110,7 +110,6 @@ def measure_profile(build: str | Path, *, codecs: Sequence[str], tasks: Sequence
     import cfqa_core.codecs as registry
     from cfqa_core.benchdata.originals import load_originals
     from cfqa_core.codecs.ladders import ladder_of
-    from cfqa_core.metrics import compute_metrics
 
     build = Path(build)
     out: dict[str, Any] = {"machine": {"platform": platform.platform(), "processor": platform.machine()},
@@ -146,10 +145,17 @@ def measure_profile(build: str | Path, *, codecs: Sequence[str], tasks: Sequence
             "shape": list(orig.features[0].shape)}
     for metric in metrics:
         for task, orig in originals.items():
-            f = orig.features[0]
-            fhat = f + np.random.default_rng(0).normal(0, 0.05 * float(f.std()), f.shape).astype(np.float32)
-            lo, hi = float(f.min()), float(f.max()) + 1e-6
-            _, _, cpu = _timed(lambda: compute_metrics([metric], f, fhat, task=task, value_range=(lo, hi)),
-                               max(repeats, 15))
+            _, cpu = metric_seconds(metric, task, orig.features[0], max(repeats, 15))
             out["metrics"].setdefault(metric, {})[task] = round(float(cpu), 7)
     return out
+
+
+def metric_seconds(metric: str, task: str, feature: np.ndarray, repeats: int = 15) -> tuple[float, float]:
+    """(median wall s, median CPU s) of one evaluation of ``metric`` on ``feature`` against a noisy copy."""
+    from cfqa_core.metrics import compute_metrics
+
+    f = np.asarray(feature, dtype=np.float32)
+    fhat = f + np.random.default_rng(0).normal(0, 0.05 * float(f.std()), f.shape).astype(np.float32)
+    lo, hi = float(f.min()), float(f.max()) + 1e-6
+    _, wall, cpu = _timed(lambda: compute_metrics([metric], f, fhat, task=task, value_range=(lo, hi)), repeats)
+    return wall, cpu

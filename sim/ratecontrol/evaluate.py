@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,25 +91,12 @@ class Frames:
         return cls(np.zeros(n, dtype=int), np.zeros(n, dtype=int), np.zeros(n))
 
 
-def measure_metric_s(metric: str, arr: ReplayArrays, features: Sequence[np.ndarray] | None) -> float:
-    """Median seconds of one metric evaluation on this task's real feature shape."""
-    import statistics
-    import time
+def measure_metric_s(metric: str, task: str) -> float:
+    """Median wall seconds of one metric evaluation on a feature of the embedded model's shape for ``task``."""
+    from sim.timing import metric_seconds
 
-    from cfqa_core.metrics import compute_metrics
-
-    if features:
-        f = features[0]
-    else:
-        shape = {"cls": (1, 145, 128), "seg": (2, 145, 128), "dpt": (2, 4, 145, 128)}[arr.task]
-        f = np.random.default_rng(0).normal(0, 1, shape).astype(np.float32)
-    fhat = f + np.random.default_rng(1).normal(0, 0.05, f.shape).astype(np.float32)
-    times = []
-    for _ in range(15):
-        t0 = time.perf_counter()
-        compute_metrics([metric], f, fhat, task=arr.task, value_range=(float(f.min()), float(f.max()) + 1e-6))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    shape = {"cls": (1, 145, 128), "seg": (2, 145, 128), "dpt": (2, 4, 145, 128)}[task]
+    return metric_seconds(metric, task, np.random.default_rng(0).normal(0, 1, shape).astype(np.float32))[0]
 
 
 def replay(arr: ReplayArrays, spec: PolicySpec, params: dict[str, Any], rows: np.ndarray, frames: Frames, *,
@@ -270,7 +257,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             if timing is not None:
                 arr = timing.apply(arr)
             metric_s = cfg.metric_s if cfg.metric_s is not None else (
-                timing.metric_s(cfg.metric, t) if timing is not None else measure_metric_s(cfg.metric, arr, None))
+                timing.metric_s(cfg.metric, t) if timing is not None else measure_metric_s(cfg.metric, t))
             sections.append(evaluate_arrays(arr, cfg, specs, metric_s, plan_dir))
     report = {"config": asdict(cfg), "sections": sections}
     if cfg.out:
