@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     import bench_grpc
     import torch
 
-    from cloud.engine import InferenceEngine
+    from cfqa_cloud.engine import InferenceEngine
 
     load0 = [round(v, 2) for v in os.getloadavg()]
     model, plain, _, engine_requests = bench_grpc.prepare("embedded", args.task, args.split, 10, 16)

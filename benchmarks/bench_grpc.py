@@ -44,8 +44,8 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from proto import cfqa_v1_pb2 as pb  # noqa: E402
-from proto.convert import load_codecs, payload_from_encoded  # noqa: E402
+from cfqa_proto import cfqa_v1_pb2 as pb  # noqa: E402
+from cfqa_proto.convert import load_codecs, payload_from_encoded  # noqa: E402
 from tests.support.serving import ServerProcess, scene_images, test_model_spec  # noqa: E402
 
 TARGET_FACTOR = 2.0
@@ -71,10 +71,10 @@ def prepare(spec: str, task: str, split: int, qp: int, n_frames: int):
     """Model, engine and ``n_frames`` encoded requests."""
     import torch
 
+    from cfqa_cloud.engine import InferenceEngine, InferenceRequest, TaskPayload
     from cfqa_core.codecs import get_codec
     from cfqa_core.models import load_model
-    from cloud.engine import InferenceEngine, InferenceRequest, TaskPayload
-    from edge.backends import TorchBackend
+    from cfqa_edge.backends import TorchBackend
 
     torch.set_num_threads(1)
     load_codecs()
@@ -113,7 +113,7 @@ def time_alone(engine, engine_requests, repeat: int) -> dict:
 
 def run_level(target: str, clients: int, per_client: int, requests, call: str) -> dict:
     """``clients`` threads, each its own channel, ``per_client`` calls each; latency list and rate."""
-    from edge.client import CloudClient
+    from cfqa_edge.client import CloudClient
 
     chans = [CloudClient([target], timeout_s=120) for _ in range(clients)]
     for c in chans:
@@ -169,7 +169,7 @@ def run_level(target: str, clients: int, per_client: int, requests, call: str) -
 def interleaved(target: str, engine, engine_requests, requests, rounds: int) -> dict:
     """One client: a real call, a Ping and the engine alone in turn, so that load on the machine
     hits all three alike (the basis of the latency target)."""
-    from edge.client import CloudClient
+    from cfqa_edge.client import CloudClient
 
     real, floor, alone = [], [], []
     checked = [engine.validate(r) for r in engine_requests]
@@ -235,7 +235,7 @@ def echo_interleaved(target: str, echo_target: str, engine, engine_requests, req
     """One client, rounds of (Ping, empty echo, Infer, request-sized echo, engine alone)."""
     import grpc
 
-    from edge.client import CloudClient
+    from cfqa_edge.client import CloudClient
 
     checked = [engine.validate(r) for r in engine_requests]
     payloads = [r.SerializeToString() for r in requests]

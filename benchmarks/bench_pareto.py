@@ -57,9 +57,9 @@ def dominated(point: dict, others: list[dict]) -> dict | None:
 
 
 def run_one(path: Path, sets: list[str]) -> dict:
-    from sim.engine import simulate
-    from sim.scenario import load_scenario
-    from sim.summary import summarize
+    from cfqa_sim.engine import simulate
+    from cfqa_sim.scenario import load_scenario
+    from cfqa_sim.summary import summarize
 
     loaded = load_scenario(path, sets)
     ladder_len = max(len(loaded.table().codec(g.task, g.codec).rate_points) for g in loaded.scenario.nodes)

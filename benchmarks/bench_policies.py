@@ -41,7 +41,7 @@ MAX_ENCODES = 2
 
 
 def equal_accuracy(table: Path, codecs: list[str], timing: str | None) -> list[dict]:
-    from sim.ratecontrol.evaluate import EvalConfig, evaluate
+    from cfqa_sim.ratecontrol.evaluate import EvalConfig, evaluate
 
     out = []
     for codec in codecs:
@@ -78,9 +78,9 @@ def equal_accuracy(table: Path, codecs: list[str], timing: str | None) -> list[d
 def live_edge_time(build: Path, task: str, frames: int) -> dict:
     import cfqa_core.codecs as codecs
     from cfqa_core.benchdata.originals import load_originals
-    from edge.policies import as_decision, get_policy
-    from edge.policies.live import LiveContext
-    from sim.ratecontrol.shipped import evaluation_images
+    from cfqa_edge.policies import as_decision, get_policy
+    from cfqa_edge.policies.live import LiveContext
+    from cfqa_sim.ratecontrol.shipped import evaluation_images
 
     orig = load_originals(task, build / "originals" / f"{task}.npz")
     if orig is None:
@@ -117,10 +117,10 @@ def live_edge_time(build: Path, task: str, frames: int) -> dict:
 
 
 def replay_overhead(images: int = 200) -> list[dict]:
-    from edge.policies import as_decision, get_policy
-    from edge.policies.plan import PlanStep, RatePlan, RatePlans
-    from edge.policies.replay import replay_context
-    from edge.policies.table import replay_arrays
+    from cfqa_edge.policies import as_decision, get_policy
+    from cfqa_edge.policies.plan import PlanStep, RatePlan, RatePlans
+    from cfqa_edge.policies.replay import replay_context
+    from cfqa_edge.policies.table import replay_arrays
     from tests.support.policy_frames import synthetic_frame
 
     rng = np.random.default_rng(0)

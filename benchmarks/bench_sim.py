@@ -3,7 +3,7 @@
 Two parts, written to benchmarks/results/sim.json and sim.md:
 
 - **Simulator vs plain SimPy** (the comparison): scenarios/replay_1000.yaml
-  (1,000 cameras, each on its own LTE uplink) simulated by ``sim.engine`` and
+  (1,000 cameras, each on its own LTE uplink) simulated by ``cfqa_sim.engine`` and
   by a plain SimPy model written below (a process per frame,
   ``simpy.Resource`` encoders, senders and cloud servers; same arrivals,
   images, link offsets, trace-driven link service, table lookups and
@@ -39,7 +39,7 @@ TARGETS: dict[str, float] = {"fixed-matched": 1.0, "cfqa-target": 1.5}
 
 
 def _table_override(scenario: Path, tmp: Path) -> tuple[list[str], str]:
-    from sim.scenario import load_scenario
+    from cfqa_sim.scenario import load_scenario
 
     try:
         load_scenario(scenario)
@@ -54,8 +54,8 @@ def _table_override(scenario: Path, tmp: Path) -> tuple[list[str], str]:
 
 
 def bench(name: str, extra: list[str], tmp: Path, report: bool, policy: str | None = None) -> dict:
-    from sim.results import run_policies, write_run
-    from sim.scenario import load_scenario
+    from cfqa_sim.results import run_policies, write_run
+    from cfqa_sim.scenario import load_scenario
 
     scenario = REPO / "scenarios" / f"{name}.yaml"
     overrides, table_kind = _table_override(scenario, tmp)
@@ -108,10 +108,10 @@ def plain_simpy(loaded, policy: str) -> dict:
     """Run the plain SimPy model of ``loaded`` for ``policy``; wall time and outcome totals."""
     import simpy
 
-    from edge.policies import get_policy
-    from edge.policies.plan import DEFAULT_PLANS, RatePlans
-    from sim.engine import _ARRIVALS, _IMAGES, _OFFSET, _image_pool, _rng, _timing, arrival_times, image_sequence
-    from sim.outcomes import make_provider
+    from cfqa_edge.policies import get_policy
+    from cfqa_edge.policies.plan import DEFAULT_PLANS, RatePlans
+    from cfqa_sim.engine import _ARRIVALS, _IMAGES, _OFFSET, _image_pool, _rng, _timing, arrival_times, image_sequence
+    from cfqa_sim.outcomes import make_provider
 
     s = loaded.scenario
     provider = make_provider(loaded)
@@ -236,10 +236,10 @@ def _plain_frame(env, node, img, group, trace, cloud, stats, backbone_s, cloud_s
 
 def side_by_side(duration_s: float, repeats: int, policies: tuple[str, ...]) -> list[dict]:
     """Interleaved simulator / plain SimPy runs of replay_1000; medians per side and their ratio."""
-    from sim.engine import simulate
-    from sim.outcomes import make_provider
-    from sim.records import DELIVERED_STATUSES, DROPPED, OK
-    from sim.scenario import load_scenario
+    from cfqa_sim.engine import simulate
+    from cfqa_sim.outcomes import make_provider
+    from cfqa_sim.records import DELIVERED_STATUSES, DROPPED, OK
+    from cfqa_sim.scenario import load_scenario
 
     loaded = load_scenario(REPO / "scenarios" / "replay_1000.yaml", [f"duration_s={duration_s:g}"])
     provider = make_provider(loaded)  # the table is loaded once, outside the timed runs
@@ -306,7 +306,7 @@ def main() -> None:
                 bench("umts_congested", ["duration_s=300"], tmp, report=True),
             ]
     result = {
-        "comparison": "sim.engine vs a plain SimPy model (processes + simpy.Resource) of replay_1000, "
+        "comparison": "cfqa_sim.engine vs a plain SimPy model (processes + simpy.Resource) of replay_1000, "
                       "time per frame, medians of interleaved runs",
         "command": f"nice -n 10 python benchmarks/bench_sim.py --duration-s {args.duration_s:g} "
                    f"--repeats {args.repeats}",
@@ -324,7 +324,7 @@ def main() -> None:
     pkeys = ["policy", "frames", "repeats", "sim_us_per_frame", "plain_simpy_us_per_frame", "ratio",
              "target_ratio", "met", "same_outcomes"]
     lines = [
-        "# Simulator speed: sim.engine vs a plain SimPy model",
+        "# Simulator speed: cfqa_sim.engine vs a plain SimPy model",
         "",
         f"replay_1000 for {args.duration_s:g} simulated seconds; {args.repeats} interleaved runs per side and "
         "policy; medians of the time per frame (simulation only, world built outside the timer). "

@@ -109,8 +109,8 @@ def sides(prep: dict, tmp: Path) -> dict[str, list[str]]:
         "cfqa codec encode": [*_cfqa(), "codec", "encode", feature, "--codec", "hevc", "--qp", "10",
                               "--out", str(tmp / "enc")],
         "edge start-up": [sys.executable, "-c",
-                          "import sys\nimport edge.run_cmd, edge.runner, edge.client\n"
-                          "from edge.backends import make_backend\n"
+                          "import sys\nimport cfqa_edge.run_cmd, cfqa_edge.runner, cfqa_edge.client\n"
+                          "from cfqa_edge.backends import make_backend\n"
                           "b = make_backend('auto', split=4)\n"
                           "assert b.name == 'onnx' and 'torch' not in sys.modules\n"],
         "cfqa --help": [*_cfqa(), "--help"],

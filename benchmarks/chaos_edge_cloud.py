@@ -39,8 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge.runner import frame_id_of  # noqa: E402
-from edge.spool import _NAME, SUFFIX  # noqa: E402
+from cfqa_edge.runner import frame_id_of  # noqa: E402
+from cfqa_edge.spool import _NAME, SUFFIX  # noqa: E402
 from tests.support.serving import free_port, test_model_spec, write_images  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

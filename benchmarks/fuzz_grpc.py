@@ -55,8 +55,8 @@ import grpc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from proto import cfqa_v1_pb2 as pb  # noqa: E402
-from proto.convert import load_codecs, payload_from_encoded  # noqa: E402
+from cfqa_proto import cfqa_v1_pb2 as pb  # noqa: E402
+from cfqa_proto.convert import load_codecs, payload_from_encoded  # noqa: E402
 from tests.support.serving import ServerProcess, scene_images, test_model_spec  # noqa: E402
 
 SPLIT = 4
@@ -287,7 +287,7 @@ def prepare(spec: str) -> tuple[list[tuple[str, pb.InferRequest]], list[str]]:
 
     import cfqa_core.codecs as codecs
     from cfqa_core.models import load_model
-    from edge.backends import TorchBackend
+    from cfqa_edge.backends import TorchBackend
 
     torch.set_num_threads(1)
     load_codecs()

@@ -1,9 +1,11 @@
 """The single ``cfqa`` command. Each package owns its subcommands.
 
-A package contributes commands through a module exposing
+A package contributes a command group through an entry point of the group
+``cfqa_edgecloud.commands`` naming a module that exposes
 ``register(subparsers) -> None``; the handlers it installs (``func``) import
 their heavy dependencies lazily so that ``cfqa --help`` and the torch-free
-edge install stay fast and light.
+edge install stay fast and light. The tree is assembled from the installed
+metadata, so this module imports nothing from the layers above the core.
 """
 from __future__ import annotations
 
@@ -14,14 +16,21 @@ from collections.abc import Sequence
 
 from cfqa_core.errors import CfqaError
 
-# Order is the order of groups in --help. A group whose optional
-# dependencies are missing is skipped, with the reason shown on use.
-COMMAND_MODULES: tuple[str, ...] = (
-    "cfqa_core.commands",
-    "edge.commands",
-    "cloud.commands",
-    "sim.commands",
-)
+COMMAND_GROUP = "cfqa_edgecloud.commands"
+# Groups in --help order; groups another distribution adds follow, by name.
+_GROUP_ORDER: tuple[str, ...] = ("core", "edge", "cloud", "sim")
+
+
+def command_modules() -> tuple[str, ...]:
+    """The modules of the installed command groups (entry points of ``cfqa_edgecloud.commands``), in --help order."""
+    from importlib.metadata import entry_points
+
+    found = {ep.name: ep.value for ep in entry_points(group=COMMAND_GROUP)}
+    if not found:
+        raise CfqaError(f"no '{COMMAND_GROUP}' entry points: cfqa-edgecloud is not installed "
+                        "(run 'pip install -e .' in the repository)")
+    rank = {name: i for i, name in enumerate(_GROUP_ORDER)}
+    return tuple(found[n] for n in sorted(found, key=lambda n: (rank.get(n, len(rank)), n)))
 
 
 def _version() -> str:
@@ -52,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cfqa {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
+    for name in command_modules():
+        # A group whose optional dependencies are missing is skipped, with the reason shown on use.
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -64,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except CfqaError as exc:
+        print(f"cfqa: error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         result = args.func(args)

@@ -119,7 +119,7 @@ def _serve(args: argparse.Namespace) -> int:
     import os
     import sys
 
-    from cloud.server import ServerConfig, read_token, serve
+    from cfqa_cloud.server import ServerConfig, read_token, serve
 
     _setup_logging(args.access_log)
     log = logging.getLogger("cfqa.cloud")

@@ -5,7 +5,7 @@ servicer calls after converting the wire message; tests and benchmarks call it
 directly. ``validate`` does every cheap check (model, version, split, task,
 codec, shape) so that a bad request is refused before it waits for compute.
 
-With ``max_batch_size > 1`` the engine batches dynamically (``cloud.batching``):
+With ``max_batch_size > 1`` the engine batches dynamically (``cfqa_cloud.batching``):
 each caller of ``run`` decodes its own payloads, then frames with the same
 model, split and task set that arrive within ``max_batch_delay_s`` of each
 other run the remaining blocks and heads once, as one batch.
@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cfqa_cloud.batching import BatchingConfig, DynamicBatcher, describe
 from cfqa_core.codecs.base import EncodedFeature, FeatureCodec, get_codec
 from cfqa_core.errors import CfqaError, CodecError, DataError, ModelError
 from cfqa_core.models.split_model import SplitModel
 from cfqa_core.tasks import TASKS, feature_shape
-from cloud.batching import BatchingConfig, DynamicBatcher, describe
-from proto.convert import load_codecs
+from cfqa_proto.convert import load_codecs
 
 DEFAULT_TOP_K = 5
 

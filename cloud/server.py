@@ -21,11 +21,11 @@ from pathlib import Path
 
 import grpc
 
+from cfqa_cloud.admission import AuthGuard
+from cfqa_cloud.engine import InferenceEngine
+from cfqa_cloud.metrics import CloudMetrics
+from cfqa_cloud.service import SERVICE_NAME, ServiceLimits, SplitInferenceServicer, cap_message
 from cfqa_core.errors import DataError
-from cloud.admission import AuthGuard
-from cloud.engine import InferenceEngine
-from cloud.metrics import CloudMetrics
-from cloud.service import SERVICE_NAME, ServiceLimits, SplitInferenceServicer, cap_message
 
 log = logging.getLogger("cfqa.cloud")
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -60,7 +60,7 @@ class ServerConfig:
     max_queue: int = 16
     compute_slots: int | None = None  # default: max_batch_size x batch_workers (1 without batching)
     max_queue_delay_s: float = 2.0
-    max_batch_size: int = 1  # > 1: dynamic batching in the engine (cloud.batching)
+    max_batch_size: int = 1  # > 1: dynamic batching in the engine (cfqa_cloud.batching)
     max_batch_delay_s: float = 0.002
     batch_workers: int = 1
     max_streams: int = 128

@@ -3,7 +3,7 @@
 Requests arrive as raw bytes and are parsed here, so that a message that is
 not a valid protobuf is INVALID_ARGUMENT rather than grpc's INTERNAL.
 
-Admission is per frame, never per call (:class:`cloud.admission.FrameQueue`):
+Admission is per frame, never per call (:class:`cfqa_cloud.admission.FrameQueue`):
 an ``Infer`` call and every message of an ``InferStream`` is admitted on its
 own, waits at most the queue-delay limit for a compute slot (reported as
 ``queue_ms``) and is refused RESOURCE_EXHAUSTED beyond the queue bound. A
@@ -14,7 +14,7 @@ capped in total and per peer and closed when idle.
 
 A repeated ``(node_id, frame_id)`` with the same content (model, split,
 payloads, top-k; the capture time and metric scores may differ) is answered
-from a bounded cache (:class:`cloud.admission.ResponseCache`), never
+from a bounded cache (:class:`cfqa_cloud.admission.ResponseCache`), never
 recomputed; the same id with other content is computed and replaces the entry.
 """
 from __future__ import annotations
@@ -29,9 +29,8 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 
-from cfqa_core.errors import CfqaError, DataError
-from cloud.admission import FrameQueue, Refusal, ResponseCache, StreamRegistry, peer_host
-from cloud.engine import (
+from cfqa_cloud.admission import FrameQueue, Refusal, ResponseCache, StreamRegistry, peer_host
+from cfqa_cloud.engine import (
     InferenceEngine,
     InferenceRequest,
     InferenceResult,
@@ -39,9 +38,10 @@ from cloud.engine import (
     TaskPayload,
     UnknownModelError,
 )
-from cloud.metrics import CloudMetrics, label, log_access
-from proto import cfqa_v1_pb2 as pb
-from proto.convert import depth_to_png, encoded_from_payload, load_codecs, mask_to_png
+from cfqa_cloud.metrics import CloudMetrics, label, log_access
+from cfqa_core.errors import CfqaError, DataError
+from cfqa_proto import cfqa_v1_pb2 as pb
+from cfqa_proto.convert import depth_to_png, encoded_from_payload, load_codecs, mask_to_png
 
 log = logging.getLogger("cfqa.cloud")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitInference"].full_name

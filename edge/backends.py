@@ -217,14 +217,14 @@ def make_backend(kind: str, *, model: str = "embedded", split: int | None = None
     """A backend by name: ``torch`` loads ``model``; ``onnx`` reads the export in ``onnx_dir``
     and runs on ``providers`` (ONNX Runtime execution providers; default: all available);
     ``auto`` is ``onnx`` on ``onnx_dir``, or on the user-cache export of ``model`` (made now, with
-    torch, at first use; see ``edge.export_cache``), and ``torch`` only without ONNX Runtime."""
+    torch, at first use; see ``cfqa_edge.export_cache``), and ``torch`` only without ONNX Runtime."""
     if kind == "auto":
         if onnx_dir is None:
             import importlib.util
 
             if importlib.util.find_spec("onnxruntime") is None:
                 return TorchBackend.load(model, split, threads)
-            from edge.export_cache import ensure_export
+            from cfqa_edge.export_cache import ensure_export
 
             onnx_dir = ensure_export(model, split)
         return OnnxBackend(onnx_dir, split, threads, providers)

@@ -20,8 +20,8 @@ from pathlib import Path
 import grpc
 
 from cfqa_core.errors import DataError
-from proto import cfqa_v1_pb2 as pb
-from proto import cfqa_v1_pb2_grpc as pb_grpc
+from cfqa_proto import cfqa_v1_pb2 as pb
+from cfqa_proto import cfqa_v1_pb2_grpc as pb_grpc
 
 # Worth another attempt: the cloud is down or restarting, overloaded, or slow this once.
 RETRYABLE: frozenset[grpc.StatusCode] = frozenset({

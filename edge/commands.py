@@ -5,10 +5,10 @@ import argparse
 import importlib
 
 _MODULES: tuple[str, ...] = (
-    "edge.run_cmd",
-    "edge.export_cmd",
+    "cfqa_edge.run_cmd",
+    "cfqa_edge.export_cmd",
 )
-_TOP_LEVEL: tuple[str, ...] = ("edge.features_cmd", "edge.policies_cmd")
+_TOP_LEVEL: tuple[str, ...] = ("cfqa_edge.features_cmd", "cfqa_edge.policies_cmd")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cfqa_core.errors import ModelError
 
-ONNX_META_FILE = "meta.json"  # same name as edge.backends.ONNX_META_FILE (kept import-free here)
+ONNX_META_FILE = "meta.json"  # same name as cfqa_edge.backends.ONNX_META_FILE (kept import-free here)
 _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".json")
 
 
@@ -116,7 +116,7 @@ def ensure_export(spec: str, split: int | None, model=None) -> Path:
     folder = cached_export_dir(spec)
     try:
         from cfqa_core.models import load_model
-        from edge.onnx_export import export_edge
+        from cfqa_edge.onnx_export import export_edge
     except ModuleNotFoundError as exc:
         raise ModelError(
             f"no cached edge export of model '{spec}' (split {split}) in {folder}, and exporting one needs "

@@ -18,8 +18,8 @@ def register(esub: argparse._SubParsersAction) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     from cfqa_core.models import load_model
-    from edge.export_cache import cached_export_dir
-    from edge.onnx_export import DEFAULT_OPSET, export_edge
+    from cfqa_edge.export_cache import cached_export_dir
+    from cfqa_edge.onnx_export import DEFAULT_OPSET, export_edge
 
     out = args.out or cached_export_dir(args.model)
     model = load_model(args.model)

@@ -1,7 +1,7 @@
 """``cfqa features``: tokens after block K as .npy, through ONNX Runtime when an export is present.
 
 With ``--backend auto`` (the default) the first run exports the model's edge
-graph for that block into the user cache (``edge.export_cache``); every later
+graph for that block into the user cache (``cfqa_edge.export_cache``); every later
 run reads it with ONNX Runtime and never imports torch, so the command starts
 in a fraction of the time torch alone takes to import.
 """
@@ -46,7 +46,7 @@ def _read_pixels(src: Path, image_size: int | None):
 
 def _features_onnx(args: argparse.Namespace, src: Path):
     """Tokens through ONNX Runtime, or None when the graph cannot take this input (other pixel size)."""
-    from edge.backends import OnnxBackend, make_backend
+    from cfqa_edge.backends import OnnxBackend, make_backend
 
     backend = make_backend("onnx" if args.onnx_dir else "auto", model=args.model, split=args.block,
                            onnx_dir=args.onnx_dir)

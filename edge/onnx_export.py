@@ -2,7 +2,7 @@
 
 A graph ``edge_split{k}.onnx`` takes ``pixels`` (batch x 3 x S x S, float32,
 dynamic batch) and outputs ``block_{b}`` (batch x T x D) for the split block
-and the depth-head blocks below it (see ``edge.backends.split_outputs``).
+and the depth-head blocks below it (see ``cfqa_edge.backends.split_outputs``).
 ``meta.json`` beside the graphs holds the model's name, version, geometry and
 feature ranges so that the torch-free edge needs nothing else.
 """
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cfqa_core.errors import DataError
-from edge.backends import ONNX_META_FILE, ModelInfo, onnx_file, split_outputs
+from cfqa_edge.backends import ONNX_META_FILE, ModelInfo, onnx_file, split_outputs
 
 DEFAULT_OPSET = 17
 

@@ -1,6 +1,6 @@
 """``cfqa calibrate``: metric thresholds that keep a task's accuracy drop within a tolerance (raw-threshold targets).
 
-Rate plans, the default of ``cfqa-target``, are fitted by ``cfqa policies fit`` (:mod:`sim.ratecontrol`)."""
+Rate plans, the default of ``cfqa-target``, are fitted by ``cfqa policies fit`` (:mod:`cfqa_sim.ratecontrol`)."""
 from __future__ import annotations
 
 import argparse
@@ -31,8 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from edge.policies.calibration import calibrate
-    from edge.policies.table import load_frame
+    from cfqa_edge.policies.calibration import calibrate
+    from cfqa_edge.policies.table import load_frame
 
     frame = load_frame(args.table)
     cal = calibrate(frame, args.metric, list(args.task) if args.task else None,

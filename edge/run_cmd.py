@@ -97,9 +97,9 @@ def register(esub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edge.backends import make_backend
-    from edge.client import RetryPolicy
-    from edge.runner import EdgeRunner, RunConfig, build_policy, list_images
+    from cfqa_edge.backends import make_backend
+    from cfqa_edge.client import RetryPolicy
+    from cfqa_edge.runner import EdgeRunner, RunConfig, build_policy, list_images
 
     images = list_images(args.images)
     options = {"qp": args.qp, **dict(args.policy_arg)}

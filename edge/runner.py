@@ -1,9 +1,9 @@
 """The edge loop: image -> features up to the split -> rate-controlled encoding -> cloud.
 
 A capture thread (the caller's) extracts and encodes each image and writes
-the request to the write-ahead spool (:mod:`edge.spool`) under a frame id
+the request to the write-ahead spool (:mod:`cfqa_edge.spool`) under a frame id
 derived from the image (:func:`frame_id_of`); sender threads deliver the
-queue to the cloud (:mod:`edge.client`), retrying transient failures until a
+queue to the cloud (:mod:`cfqa_edge.client`), retrying transient failures until a
 frame is older than ``max_age_s``. Every frame ends as exactly one JSON line,
 ``"status": "delivered"`` or ``"status": "dropped"`` with a ``reason``, and
 leaves the spool only after that line is written; a run that is killed is
@@ -19,7 +19,7 @@ Rate control is a policy object (the seam for adaptive policies)::
 keys ``metric`` (float) and ``metric_name`` are sent to the cloud as the
 payload's quality score, and the whole record lands in the frame's output
 line under ``payloads.<task>.policy``. :func:`build_policy` builds any policy
-of :mod:`edge.policies` (the one rate-control system) from its name and
+of :mod:`cfqa_edge.policies` (the one rate-control system) from its name and
 parameters (``fixed`` with ``--qp``, ``cfqa-target`` with the shipped rate
 plans, ...).
 """
@@ -42,11 +42,11 @@ import numpy as np
 
 from cfqa_core.codecs.base import EncodedFeature, FeatureCodec, get_codec
 from cfqa_core.errors import CfqaError, DataError, PolicyError
-from edge.backends import FeatureBackend
-from edge.client import CloudClient, RetryPolicy, SendOutcome
-from edge.spool import SpoolFull, SpoolItem, SpoolQueue
-from proto import cfqa_v1_pb2 as pb
-from proto.convert import load_codecs, payload_from_encoded, result_summary
+from cfqa_edge.backends import FeatureBackend
+from cfqa_edge.client import CloudClient, RetryPolicy, SendOutcome
+from cfqa_edge.spool import SpoolFull, SpoolItem, SpoolQueue
+from cfqa_proto import cfqa_v1_pb2 as pb
+from cfqa_proto.convert import load_codecs, payload_from_encoded, result_summary
 
 log = logging.getLogger("cfqa.edge")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
@@ -62,10 +62,10 @@ class RatePolicy(Protocol):
 
 
 def build_policy(name: str, options: dict[str, Any]) -> RatePolicy:
-    """A policy of :mod:`edge.policies` by name (``name[:key=value...]`` allowed), for this runner."""
-    from edge.policies import POLICIES as EDGE_POLICIES
-    from edge.policies.live import runner_factory
-    from edge.policies.spec import parse_spec
+    """A policy of :mod:`cfqa_edge.policies` by name (``name[:key=value...]`` allowed), for this runner."""
+    from cfqa_edge.policies import POLICIES as EDGE_POLICIES
+    from cfqa_edge.policies.live import runner_factory
+    from cfqa_edge.policies.spec import parse_spec
 
     spec = parse_spec(name)
     if spec.name not in EDGE_POLICIES:

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto import cfqa_v1_pb2 as proto_dot_cfqa__v1__pb2
+from cfqa_proto import cfqa_v1_pb2 as cfqa__proto_dot_cfqa__v1__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in proto/cfqa_v1_pb2_grpc.py depends on'
+        + ' but the generated code in cfqa_proto/cfqa_v1_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,18 +36,18 @@ class SplitInferenceStub:
         """
         self.Infer = channel.unary_unary(
                 '/cfqa.v1.SplitInference/Infer',
-                request_serializer=proto_dot_cfqa__v1__pb2.InferRequest.SerializeToString,
-                response_deserializer=proto_dot_cfqa__v1__pb2.InferResponse.FromString,
+                request_serializer=cfqa__proto_dot_cfqa__v1__pb2.InferRequest.SerializeToString,
+                response_deserializer=cfqa__proto_dot_cfqa__v1__pb2.InferResponse.FromString,
                 _registered_method=True)
         self.InferStream = channel.stream_stream(
                 '/cfqa.v1.SplitInference/InferStream',
-                request_serializer=proto_dot_cfqa__v1__pb2.InferRequest.SerializeToString,
-                response_deserializer=proto_dot_cfqa__v1__pb2.InferResponse.FromString,
+                request_serializer=cfqa__proto_dot_cfqa__v1__pb2.InferRequest.SerializeToString,
+                response_deserializer=cfqa__proto_dot_cfqa__v1__pb2.InferResponse.FromString,
                 _registered_method=True)
         self.Ping = channel.unary_unary(
                 '/cfqa.v1.SplitInference/Ping',
-                request_serializer=proto_dot_cfqa__v1__pb2.PingRequest.SerializeToString,
-                response_deserializer=proto_dot_cfqa__v1__pb2.PingResponse.FromString,
+                request_serializer=cfqa__proto_dot_cfqa__v1__pb2.PingRequest.SerializeToString,
+                response_deserializer=cfqa__proto_dot_cfqa__v1__pb2.PingResponse.FromString,
                 _registered_method=True)
 
 
@@ -89,18 +89,18 @@ def add_SplitInferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Infer': grpc.unary_unary_rpc_method_handler(
                     servicer.Infer,
-                    request_deserializer=proto_dot_cfqa__v1__pb2.InferRequest.FromString,
-                    response_serializer=proto_dot_cfqa__v1__pb2.InferResponse.SerializeToString,
+                    request_deserializer=cfqa__proto_dot_cfqa__v1__pb2.InferRequest.FromString,
+                    response_serializer=cfqa__proto_dot_cfqa__v1__pb2.InferResponse.SerializeToString,
             ),
             'InferStream': grpc.stream_stream_rpc_method_handler(
                     servicer.InferStream,
-                    request_deserializer=proto_dot_cfqa__v1__pb2.InferRequest.FromString,
-                    response_serializer=proto_dot_cfqa__v1__pb2.InferResponse.SerializeToString,
+                    request_deserializer=cfqa__proto_dot_cfqa__v1__pb2.InferRequest.FromString,
+                    response_serializer=cfqa__proto_dot_cfqa__v1__pb2.InferResponse.SerializeToString,
             ),
             'Ping': grpc.unary_unary_rpc_method_handler(
                     servicer.Ping,
-                    request_deserializer=proto_dot_cfqa__v1__pb2.PingRequest.FromString,
-                    response_serializer=proto_dot_cfqa__v1__pb2.PingResponse.SerializeToString,
+                    request_deserializer=cfqa__proto_dot_cfqa__v1__pb2.PingRequest.FromString,
+                    response_serializer=cfqa__proto_dot_cfqa__v1__pb2.PingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -128,8 +128,8 @@ class SplitInference:
             request,
             target,
             '/cfqa.v1.SplitInference/Infer',
-            proto_dot_cfqa__v1__pb2.InferRequest.SerializeToString,
-            proto_dot_cfqa__v1__pb2.InferResponse.FromString,
+            cfqa__proto_dot_cfqa__v1__pb2.InferRequest.SerializeToString,
+            cfqa__proto_dot_cfqa__v1__pb2.InferResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -155,8 +155,8 @@ class SplitInference:
             request_iterator,
             target,
             '/cfqa.v1.SplitInference/InferStream',
-            proto_dot_cfqa__v1__pb2.InferRequest.SerializeToString,
-            proto_dot_cfqa__v1__pb2.InferResponse.FromString,
+            cfqa__proto_dot_cfqa__v1__pb2.InferRequest.SerializeToString,
+            cfqa__proto_dot_cfqa__v1__pb2.InferResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -182,8 +182,8 @@ class SplitInference:
             request,
             target,
             '/cfqa.v1.SplitInference/Ping',
-            proto_dot_cfqa__v1__pb2.PingRequest.SerializeToString,
-            proto_dot_cfqa__v1__pb2.PingResponse.FromString,
+            cfqa__proto_dot_cfqa__v1__pb2.PingRequest.SerializeToString,
+            cfqa__proto_dot_cfqa__v1__pb2.PingResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,7 +19,7 @@ from PIL import Image
 
 from cfqa_core.codecs.base import EncodedFeature
 from cfqa_core.errors import DataError
-from proto import cfqa_v1_pb2 as pb
+from cfqa_proto import cfqa_v1_pb2 as pb
 
 FEATURE_DTYPE = "float32"
 # meta key -> payload field, for the optional scalar fields of FeaturePayload.

@@ -45,7 +45,7 @@ def _print_json(obj: Any) -> None:
 
 
 def register(sub) -> None:
-    from sim.ratecontrol.commands import register as register_policies
+    from cfqa_sim.ratecontrol.commands import register as register_policies
 
     register_policies(sub)
     p = sub.add_parser("run", help="simulate a scenario with its policy")
@@ -109,7 +109,7 @@ def register(sub) -> None:
 
 
 def _finish(args, loaded, policies: list[str], kind: str) -> int:
-    from sim.results import default_out_dir, print_summary, run_policies, write_run
+    from cfqa_sim.results import default_out_dir, print_summary, run_policies, write_run
 
     out = args.out or default_out_dir(loaded, kind)
     with _stdout_for(args):
@@ -122,7 +122,7 @@ def _finish(args, loaded, policies: list[str], kind: str) -> int:
 
 
 def _cmd_run(args) -> int:
-    from sim.scenario import check_policy, load_scenario
+    from cfqa_sim.scenario import check_policy, load_scenario
 
     loaded = load_scenario(args.scenario, args.overrides)
     if args.policy:
@@ -133,7 +133,7 @@ def _cmd_run(args) -> int:
 
 def _cmd_compare(args) -> int:
     from cfqa_core.errors import ScenarioError
-    from sim.scenario import check_policy, load_scenario
+    from cfqa_sim.scenario import check_policy, load_scenario
 
     loaded = load_scenario(args.scenario, args.overrides)
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
@@ -149,9 +149,9 @@ def _cmd_compare(args) -> int:
 
 def _cmd_sweep(args) -> int:
     from cfqa_core.errors import ScenarioError
-    from sim.results import default_out_dir
-    from sim.scenario import load_scenario
-    from sim.sweep import run_sweep, sweep_table
+    from cfqa_sim.results import default_out_dir
+    from cfqa_sim.scenario import load_scenario
+    from cfqa_sim.sweep import run_sweep, sweep_table
 
     if args.scenario is None:
         if not args.ray or Path(args.ray).suffix.lower() not in (".yaml", ".yml"):
@@ -173,7 +173,7 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_schema(args) -> int:
-    from sim.scenario import json_schema
+    from cfqa_sim.scenario import json_schema
 
     text = json.dumps(json_schema(), indent=2) + "\n"
     if args.out:
@@ -184,7 +184,7 @@ def _cmd_schema(args) -> int:
 
 
 def _cmd_validate(args) -> int:
-    from sim.scenario import load_scenario
+    from cfqa_sim.scenario import load_scenario
 
     loaded = load_scenario(args.file, args.overrides)
     s = loaded.scenario
@@ -202,7 +202,7 @@ def _cmd_validate(args) -> int:
 
 def _cmd_trace_gen(args) -> int:
     from cfqa_core.errors import ScenarioError
-    from sim.traces import synthetic, write_mahimahi
+    from cfqa_sim.traces import synthetic, write_mahimahi
 
     try:
         levels = tuple(float(x) for x in args.levels_mbps.split(",") if x.strip())
@@ -219,7 +219,7 @@ def _cmd_trace_gen(args) -> int:
 
 
 def _cmd_trace_info(args) -> int:
-    from sim.traces import find_trace, load_trace
+    from cfqa_sim.traces import find_trace, load_trace
 
     path = find_trace(args.file)
     trace = load_trace(path)

@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
-from edge.policies import get_policy
-from sim.cloud import Cloud
-from sim.link import Link, outage_process
-from sim.node import Arrivals, EdgeNode, NodeSpec
-from sim.outcomes import FrameOutcomeProvider, make_provider
-from sim.records import DROP_REASONS, STATUSES, FrameLog
-from sim.scenario import LoadedScenario, NodeGroup
-from sim.traces import Trace
+from cfqa_edge.policies import get_policy
+from cfqa_sim.cloud import Cloud
+from cfqa_sim.link import Link, outage_process
+from cfqa_sim.node import Arrivals, EdgeNode, NodeSpec
+from cfqa_sim.outcomes import FrameOutcomeProvider, make_provider
+from cfqa_sim.records import DROP_REASONS, STATUSES, FrameLog
+from cfqa_sim.scenario import LoadedScenario, NodeGroup
+from cfqa_sim.traces import Trace
 
 # Stream purposes for ``_rng``.
 _ARRIVALS, _IMAGES, _OFFSET, _LOSS, _POLICY = range(5)
@@ -275,7 +275,7 @@ def simulate(
 
 def _run(env: simpy.Environment, log: FrameLog, duration_s: float, drain_s: float, progress: bool, desc: str) -> bool:
     """Advance in slices with progress in simulated seconds; True if interrupted (partial)."""
-    from sim.progress import SimProgress
+    from cfqa_sim.progress import SimProgress
 
     end = duration_s + drain_s
     step = max(duration_s / 200.0, 1e-3)

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 import simpy
 
-from sim.traces import MTU_BYTES, Trace
+from cfqa_sim.traces import MTU_BYTES, Trace
 
 LOSS_MODES: tuple[str, ...] = ("retransmit", "drop")
 _EPS_BYTES = 1e-6

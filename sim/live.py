@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cfqa_core.errors import ScenarioError
-from sim.outcomes import EncodeOutcome, FrameOutcomeProvider, FrameRef, InferOutcome, register_provider
+from cfqa_sim.outcomes import EncodeOutcome, FrameOutcomeProvider, FrameRef, InferOutcome, register_provider
 
 LIVE_METRICS: tuple[str, ...] = ("mse", "cosine", "cka", "proxy")
 IMAGES_PER_TASK = 24
@@ -50,13 +50,13 @@ class LiveProvider(FrameOutcomeProvider):
         address = s.live.server
         if address is None:
             address = self._start_cloud()
-        from edge.client import CloudClient
+        from cfqa_edge.client import CloudClient
 
         self.client = CloudClient([address], timeout_s=30.0)
 
     def _start_cloud(self) -> str:
-        from cloud.engine import InferenceEngine
-        from cloud.server import ServerConfig, start_server
+        from cfqa_cloud.engine import InferenceEngine
+        from cfqa_cloud.server import ServerConfig, start_server
 
         engine = InferenceEngine({self.model_name: self.model})
         self._server = start_server(ServerConfig(port=0, host="127.0.0.1", models=(self.model_name,)), engine=engine)
@@ -135,8 +135,8 @@ class LiveProvider(FrameOutcomeProvider):
         from cfqa_core.distortion import semantic_distortion
         from cfqa_core.fidelity import output_change
         from cfqa_core.inference import TaskOutput, task_score
-        from proto import cfqa_v1_pb2 as pb
-        from proto.convert import depth_from_png, mask_from_png, payload_from_encoded
+        from cfqa_proto import cfqa_v1_pb2 as pb
+        from cfqa_proto.convert import depth_from_png, mask_from_png, payload_from_encoded
 
         key = (frame.node_id, frame.frame_idx, codec, rate_point)
         enc = self._encoded.pop(key, None)

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
-from edge.policies.api import Decision, Feedback, PolicyContext, as_decision
-from sim.cloud import Cloud
-from sim.link import Delivery, Link
-from sim.outcomes import FrameOutcomeProvider, FrameRef
-from sim.records import LATE, LOSS, OK, QUEUE_FULL, STALE, FrameLog
+from cfqa_edge.policies.api import Decision, Feedback, PolicyContext, as_decision
+from cfqa_sim.cloud import Cloud
+from cfqa_sim.link import Delivery, Link
+from cfqa_sim.outcomes import FrameOutcomeProvider, FrameRef
+from cfqa_sim.records import LATE, LOSS, OK, QUEUE_FULL, STALE, FrameLog
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from cfqa_core.errors import CfqaError, ScenarioError
-from edge.policies.api import EncodeOutcome, PolicyContext
-from sim.table import BenchmarkTable, CodecArrays
+from cfqa_edge.policies.api import EncodeOutcome, PolicyContext
+from cfqa_sim.table import BenchmarkTable, CodecArrays
 
 if TYPE_CHECKING:
-    from sim.scenario import LoadedScenario
-    from sim.timing import TimingProfile
+    from cfqa_sim.scenario import LoadedScenario
+    from cfqa_sim.timing import TimingProfile
 
 
 class FrameRef(NamedTuple):
@@ -91,7 +91,7 @@ class FrameOutcomeProvider(ABC):
         ``throughput_bps``, ``queue_frames``, ``previous_rate_point``, ``rng``,
         ``metric_s``). Here trial encodes call :meth:`encode`; a live provider
         returns a context over the real feature instead
-        (``edge.policies.live.LiveContext``) and keeps the chosen bitstream
+        (``cfqa_edge.policies.live.LiveContext``) and keeps the chosen bitstream
         for :meth:`infer`.
         """
         return ProviderContext(self, frame, codec, **state)
@@ -228,7 +228,7 @@ class ReplayProvider(FrameOutcomeProvider):
 ProviderFactory = Callable[["LoadedScenario"], FrameOutcomeProvider]
 _PROVIDERS: dict[str, ProviderFactory] = {}
 # Modes whose provider lives in a module imported on first use (it registers itself).
-_LAZY_PROVIDERS: dict[str, str] = {"live": "sim.live"}
+_LAZY_PROVIDERS: dict[str, str] = {"live": "cfqa_sim.live"}
 
 
 def register_provider(mode: str, factory: ProviderFactory) -> None:
@@ -252,7 +252,7 @@ def make_provider(loaded: LoadedScenario) -> FrameOutcomeProvider:
 
 def _replay_provider(loaded: LoadedScenario) -> ReplayProvider:
     """Replay of the scenario's table, with the timing profile's codec times when it has them."""
-    from sim.timing import TimingProfile
+    from cfqa_sim.timing import TimingProfile
 
     data = loaded.timing_profile()
     timing = TimingProfile(data, str(loaded.scenario.timing.profile)) if data and data.get("codecs") else None

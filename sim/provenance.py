@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from sim.scenario import REPO_ROOT, LoadedScenario
+from cfqa_sim.scenario import REPO_ROOT, LoadedScenario
 
 _CHUNK = 1 << 20
 _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".onnx")
@@ -96,7 +96,7 @@ def codec_weights(codecs: list[str]) -> dict[str, list[dict[str, Any]]]:
 
 def provenance(loaded: LoadedScenario) -> dict[str, Any]:
     """The provenance block of a run's ``summary.json``."""
-    from sim.traces import find_trace
+    from cfqa_sim.traces import find_trace
 
     s = loaded.scenario
     traces: dict[str, Any] = {}
@@ -127,7 +127,7 @@ def provenance(loaded: LoadedScenario) -> dict[str, Any]:
     if s.replay is not None:
         out["replay_table"] = {"images": s.replay.images, **_file_entry(loaded.table_path())}
     from cfqa_core.metrics.proxy import DEFAULT_WEIGHTS
-    from edge.policies.plan import DEFAULT_PLANS
+    from cfqa_edge.policies.plan import DEFAULT_PLANS
 
     out["rate_plans"] = _file_entry(DEFAULT_PLANS) if DEFAULT_PLANS.is_file() else None
     out["proxy_metric"] = _file_entry(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.is_file() else None

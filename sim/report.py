@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.records import DELIVERED_STATUSES
+from cfqa_sim.records import DELIVERED_STATUSES
 
 _TASK_LABEL = {"cls": "Cls top-1", "seg": "Seg mIoU", "dpt": "Dpt RMSE (m, lower is better)"}
 _TASK_KEY = {"cls": "cls_top1", "seg": "seg_miou", "dpt": "dpt_rmse"}

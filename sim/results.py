@@ -1,7 +1,7 @@
 """Run a scenario for one or more policies and write its run folder.
 
 A run folder holds ``frames.parquet`` (one row per frame and policy),
-``summary.json`` (per-policy metrics, see :mod:`sim.summary`),
+``summary.json`` (per-policy metrics, see :mod:`cfqa_sim.summary`),
 ``scenario.yaml`` (the scenario as run, overrides applied), ``report.md``,
 ``report.html`` and ``plots/``.
 """
@@ -14,10 +14,10 @@ from typing import Any
 
 import yaml
 
-from sim.engine import RunResult, simulate
-from sim.provenance import provenance
-from sim.scenario import LoadedScenario
-from sim.summary import add_matched_savings, add_savings, format_table, summarize, summary_table
+from cfqa_sim.engine import RunResult, simulate
+from cfqa_sim.provenance import provenance
+from cfqa_sim.scenario import LoadedScenario
+from cfqa_sim.summary import add_matched_savings, add_savings, format_table, summarize, summary_table
 
 
 def default_out_dir(loaded: LoadedScenario, kind: str = "run") -> Path:
@@ -77,7 +77,7 @@ def write_run(out: Path, loaded: LoadedScenario, results: list[RunResult], parti
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "scenario.yaml").write_text(yaml.safe_dump(loaded.scenario.model_dump(mode="json"), sort_keys=False))
     if report and results:
-        from sim.report import write_reports
+        from cfqa_sim.report import write_reports
 
         write_reports(out, loaded, results, summary)
     return summary

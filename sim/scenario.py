@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cfqa_core.errors import CfqaError, ScenarioError
-from sim.traces import SYNTHETIC_KINDS, Trace, find_trace, load_trace, synthetic
+from cfqa_sim.traces import SYNTHETIC_KINDS, Trace, find_trace, load_trace, synthetic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TASK_NAMES = ("cls", "seg", "dpt")
@@ -39,7 +39,7 @@ class _Strict(BaseModel):
 
 
 class SyntheticTraceSpec(_Strict):
-    """A generated trace (see ``sim.traces.synthetic``)."""
+    """A generated trace (see ``cfqa_sim.traces.synthetic``)."""
 
     kind: Literal[SYNTHETIC_KINDS]  # type: ignore[valid-type]
     duration_s: PosFloat = 60.0
@@ -190,7 +190,7 @@ class Scenario(_Strict):
         """The policy a label stands for: an entry of ``policies``, else ``name[:key=value...]``."""
         if label in self.policies:
             return self.policies[label]
-        from edge.policies.spec import parse_spec
+        from cfqa_edge.policies.spec import parse_spec
 
         try:
             spec = parse_spec(label)
@@ -263,7 +263,7 @@ class LoadedScenario:
 
     @cached_property
     def _table(self):
-        from sim.table import BenchmarkTable
+        from cfqa_sim.table import BenchmarkTable
 
         if self.scenario.replay is None:
             raise self.error(("replay",), "replay mode needs a 'replay: {table: ...}' section")
@@ -469,8 +469,8 @@ def check_scenario(loaded: LoadedScenario) -> None:
 
 
 def check_policy(loaded: LoadedScenario, label: str, loc: tuple = ("policy",)) -> None:
-    """Raise ScenarioError if ``label`` does not build a policy (``edge.policies`` registry)."""
-    from edge.policies import get_policy
+    """Raise ScenarioError if ``label`` does not build a policy (``cfqa_edge.policies`` registry)."""
+    from cfqa_edge.policies import get_policy
 
     spec = loaded.scenario.policy_spec(label)
     try:

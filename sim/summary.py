@@ -12,7 +12,7 @@ Definitions (per policy):
   per-frame correctness), ``seg_miou`` (mean of per-image mIoU), ``dpt_rmse``
   (mean of per-image RMSE, metres); ``*_uncompressed`` is the uncompressed
   model on the same frames; ``<task>_accuracy_drop`` is how much worse, in the
-  unit of :func:`edge.policies.accuracy.accuracy_drop` (Cls/Seg points, Dpt %).
+  unit of :func:`cfqa_edge.policies.accuracy.accuracy_drop` (Cls/Seg points, Dpt %).
 - Equal-accuracy accounting (:mod:`cfqa_core.accounting`, the same as
   ``cfqa policies eval``): a captured frame *succeeds* when its result is back
   before the deadline and the cloud's output is within tolerance of the
@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 
 from cfqa_core.accounting import FrameLedger, compare, ledger
-from edge.policies.accuracy import accuracy_drop
-from sim.records import DROP_REASONS, DROPPED, LATE, OK, UNFINISHED
-from sim.traces import MTU_BYTES
+from cfqa_edge.policies.accuracy import accuracy_drop
+from cfqa_sim.records import DROP_REASONS, DROPPED, LATE, OK, UNFINISHED
+from cfqa_sim.traces import MTU_BYTES
 
 _TASK_SCORE = {"cls": "cls_top1", "seg": "seg_miou", "dpt": "dpt_rmse"}
 
@@ -56,7 +56,7 @@ def _percentile(values: np.ndarray, q: float) -> float | None:
 
 
 def summarize(result) -> dict[str, Any]:
-    """Metrics of one :class:`~sim.engine.RunResult` (JSON-ready)."""
+    """Metrics of one :class:`~cfqa_sim.engine.RunResult` (JSON-ready)."""
     c = result.columns
     status = c["status"]
     n = int(status.size)

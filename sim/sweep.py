@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cfqa_core.errors import ScenarioError
-from sim.scenario import load_scenario
+from cfqa_sim.scenario import load_scenario
 
 
 def grid_points(grid: list[str]) -> list[list[str]]:
@@ -39,7 +39,7 @@ def point_slug(point: list[str]) -> str:
 
 def sweep_job(scenario: str, overrides: list[str], out_dir: str, report: bool) -> dict[str, Any]:
     """Run one grid point (in a worker) and write its folder; returns its summary."""
-    from sim.results import run_policies, write_run
+    from cfqa_sim.results import run_policies, write_run
 
     loaded = load_scenario(scenario, overrides)
     results, partial = run_policies(loaded, [loaded.scenario.policy], progress=False)
@@ -138,7 +138,7 @@ def run_sweep(
 
 def sweep_table(result: dict) -> str:
     """Markdown table: one row per finished grid point (the run summary's columns)."""
-    from sim.summary import format_table, summary_table
+    from cfqa_sim.summary import format_table, summary_table
 
     done = {" ".join(p["overrides"]) or "base": p["summary"] for p in result["points"] if p["summary"]}
     lines = [format_table(summary_table(done, label="grid point"), markdown=True)] if done else []

@@ -2,7 +2,7 @@
 
 The table is built by ``cfqa dataset build``; its columns are defined once in
 :mod:`cfqa_core.benchdata.schema` and its dense ``[image, rate point]``
-arrays per (task, codec) come from :func:`edge.policies.table.replay_arrays`
+arrays per (task, codec) come from :func:`cfqa_edge.policies.table.replay_arrays`
 (rate points in ladder order, ``rate_index`` 0 = highest quality). This
 module adds what the simulator needs on top: the bytes a frame puts on the
 link (bitstream + decode sidecar), a rate point -> column map, and one image
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cfqa_core.errors import CfqaError, ScenarioError
-from edge.policies.table import ReplayArrays, load_frame, metric_columns, replay_arrays, tasks_and_codecs
+from cfqa_edge.policies.table import ReplayArrays, load_frame, metric_columns, replay_arrays, tasks_and_codecs
 
 
 @dataclass
@@ -54,7 +54,7 @@ class BenchmarkTable:
         """Read a ``table.parquet`` or a build folder (ScenarioError if unusable).
 
         ``images="evaluation"`` keeps, per task, only the images at odd positions in image-id
-        order: the half the shipped rate plans were not fitted on (:mod:`sim.ratecontrol.shipped`).
+        order: the half the shipped rate plans were not fitted on (:mod:`cfqa_sim.ratecontrol.shipped`).
         """
         try:
             frame = load_frame(path)

@@ -33,6 +33,6 @@ def model():
 
 @pytest.fixture(scope="module")
 def engine(model):
-    from cloud.engine import InferenceEngine
+    from cfqa_cloud.engine import InferenceEngine
 
     return InferenceEngine({model.meta.name: model})

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from cfqa_core.errors import PolicyError
-from edge.policies import as_decision, get_policy
-from edge.policies.accuracy import accuracy, accuracy_drop
-from edge.policies.calibration import calibrate, calibrate_arrays, load_calibration, threshold_choices
-from edge.policies.replay import replay_context
-from edge.policies.table import replay_arrays
+from cfqa_edge.policies import as_decision, get_policy
+from cfqa_edge.policies.accuracy import accuracy, accuracy_drop
+from cfqa_edge.policies.calibration import calibrate, calibrate_arrays, load_calibration, threshold_choices
+from cfqa_edge.policies.replay import replay_context
+from cfqa_edge.policies.table import replay_arrays
 from tests.support.policy_frames import synthetic_frame
 
 CUTOFF = 0.999
@@ -26,8 +26,6 @@ def frame():
 def run_cli(argv, monkeypatch):
     import cfqa_core.cli as cli
 
-    if "calibrate" not in cli.build_parser()._subparsers._group_actions[0].choices:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "edge.policies_cmd"))
     return cli.main(argv)
 
 
@@ -70,7 +68,7 @@ def test_threshold_is_the_loosest_within_tolerance(frame):
 
 
 def test_rules_on_a_noisy_drop_sequence():
-    from edge.policies.calibration import isotonic_increasing, select_loosest
+    from cfqa_edge.policies.calibration import isotonic_increasing, select_loosest
 
     drops = [0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 1.5, 3.0, 4.0]  # one early flip, then a real rise
     assert select_loosest(drops, 1.0, "monotone") == 1

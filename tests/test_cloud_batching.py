@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import cfqa_core.codecs as codecs
+from cfqa_cloud.batching import BatchingConfig, DynamicBatcher
+from cfqa_cloud.engine import InferenceEngine, InferenceRequest, TaskPayload
 from cfqa_core.errors import DataError
-from cloud.batching import BatchingConfig, DynamicBatcher
-from cloud.engine import InferenceEngine, InferenceRequest, TaskPayload
-from edge.backends import TorchBackend
-from proto.convert import load_codecs
+from cfqa_edge.backends import TorchBackend
+from cfqa_proto.convert import load_codecs
 from tests.support.serving import scene_images
 
 load_codecs()

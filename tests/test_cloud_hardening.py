@@ -15,13 +15,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import cfqa_core.codecs as codecs
+from cfqa_cloud.server import ServerConfig, security_warnings, start_server
 from cfqa_core.codecs import entropy
 from cfqa_core.errors import DataError
-from cloud.server import ServerConfig, security_warnings, start_server
-from edge.backends import TorchBackend
-from proto import cfqa_v1_pb2 as pb
-from proto import cfqa_v1_pb2_grpc as pb_grpc
-from proto.convert import load_codecs, payload_from_encoded
+from cfqa_edge.backends import TorchBackend
+from cfqa_proto import cfqa_v1_pb2 as pb
+from cfqa_proto import cfqa_v1_pb2_grpc as pb_grpc
+from cfqa_proto.convert import load_codecs, payload_from_encoded
 from tests.support.serving import scene_images
 
 load_codecs()
@@ -389,7 +389,7 @@ def test_token_file_and_cli_errors(tmp_path) -> None:
     import subprocess
     import sys
 
-    from cloud.server import read_token
+    from cfqa_cloud.server import read_token
 
     (tmp_path / "tok").write_text("s3cret\n")
     assert read_token(tmp_path / "tok") == "s3cret"
@@ -453,7 +453,7 @@ def test_metrics_and_access_log(engine, model, hevc_payload, caplog) -> None:
 
 
 def test_response_cache_is_bounded_in_entries_and_bytes() -> None:
-    from cloud.admission import ResponseCache
+    from cfqa_cloud.admission import ResponseCache
 
     cache = ResponseCache(max_entries=3, max_bytes=10)
     for i in range(5):
@@ -468,7 +468,7 @@ def test_response_cache_is_bounded_in_entries_and_bytes() -> None:
 
 def test_batching_server_gives_a_batch_its_compute_slots(model, hevc_payload) -> None:
     """With --max-batch-size 4 the queue lets four frames into the engine at once, so they share a batch."""
-    from cloud.engine import InferenceEngine
+    from cfqa_cloud.engine import InferenceEngine
 
     engine = InferenceEngine({model.meta.name: model}, max_batch_size=4, max_batch_delay_s=0.5)
     config = ServerConfig(port=0, max_batch_size=4, max_batch_delay_s=0.5)

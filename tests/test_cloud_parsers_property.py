@@ -15,13 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cfqa_core.codecs as codecs
+from cfqa_cloud.service import RpcFailure, cap_message, parse_request
 from cfqa_core.codecs import entropy
 from cfqa_core.codecs.base import EncodedFeature
 from cfqa_core.codecs.block import MAX_FRAME_SAMPLES, checked_frame_size
 from cfqa_core.errors import CodecError, DataError
-from cloud.service import RpcFailure, cap_message, parse_request
-from proto import cfqa_v1_pb2 as pb
-from proto.convert import MAX_META_JSON_CHARS, encoded_from_payload, parse_meta_json, payload_from_encoded
+from cfqa_proto import cfqa_v1_pb2 as pb
+from cfqa_proto.convert import MAX_META_JSON_CHARS, encoded_from_payload, parse_meta_json, payload_from_encoded
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from cfqa_core.errors import DataError, ModelError
-from edge.backends import ModelInfo, make_backend, split_outputs, task_range
+from cfqa_edge.backends import ModelInfo, make_backend, split_outputs, task_range
 
 PER_BLOCK = [[-1.0, 1.0], [-2.0, 2.0], [-3.0, 3.0], [-4.0, 4.0]]  # dpt blocks 2, 4, 6, 8 of depth 8
 

@@ -8,8 +8,8 @@ import grpc
 import pytest
 
 from cfqa_core.errors import DataError
-from edge.client import RETRYABLE, CloudClient, RetryPolicy, channel_target
-from proto import cfqa_v1_pb2 as pb
+from cfqa_edge.client import RETRYABLE, CloudClient, RetryPolicy, channel_target
+from cfqa_proto import cfqa_v1_pb2 as pb
 from tests.support.serving import free_port
 
 

@@ -16,8 +16,8 @@ from PIL import Image
 from cfqa_core.cli import main
 from cfqa_core.data.scenes import render_scene
 from cfqa_core.models import EMBEDDED_DIR, load_model
-from edge.backends import OnnxBackend, TorchBackend, make_backend
-from edge.export_cache import cached_export_dir, ensure_export, find_export
+from cfqa_edge.backends import OnnxBackend, TorchBackend, make_backend
+from cfqa_edge.export_cache import cached_export_dir, ensure_export, find_export
 
 pytestmark = pytest.mark.skipif(not (EMBEDDED_DIR / "model.safetensors").is_file(),
                                 reason="embedded weights not trained yet")

@@ -10,12 +10,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cloud.server import ServerConfig, start_server
-from edge.backends import TorchBackend
-from edge.client import CloudClient, RetryPolicy, is_retryable
-from edge.runner import EdgeRunner, RunConfig, build_policy, frame_id_of, load_image
-from edge.spool import JOURNAL, QUARANTINE, SUFFIX, SpoolItem, SpoolQueue, spool_name
-from proto.convert import load_codecs
+from cfqa_cloud.server import ServerConfig, start_server
+from cfqa_edge.backends import TorchBackend
+from cfqa_edge.client import CloudClient, RetryPolicy, is_retryable
+from cfqa_edge.runner import EdgeRunner, RunConfig, build_policy, frame_id_of, load_image
+from cfqa_edge.spool import JOURNAL, QUARANTINE, SUFFIX, SpoolItem, SpoolQueue, spool_name
+from cfqa_proto.convert import load_codecs
 from tests.support.serving import free_port, write_images
 
 load_codecs()

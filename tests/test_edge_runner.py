@@ -11,15 +11,15 @@ import pytest
 import torch
 
 import cfqa_core.codecs as codecs
+from cfqa_cloud.engine import InferenceEngine
+from cfqa_cloud.server import ServerConfig, start_server
 from cfqa_core.cli import main as cli_main
 from cfqa_core.errors import PolicyError
 from cfqa_core.models import load_model
-from cloud.engine import InferenceEngine
-from cloud.server import ServerConfig, start_server
-from edge.backends import TorchBackend
-from edge.client import RetryPolicy
-from edge.runner import EdgeRunner, RunConfig, build_policy, load_image
-from proto.convert import load_codecs
+from cfqa_edge.backends import TorchBackend
+from cfqa_edge.client import RetryPolicy
+from cfqa_edge.runner import EdgeRunner, RunConfig, build_policy, load_image
+from cfqa_proto.convert import load_codecs
 from tests.support.serving import free_port, test_model_spec, write_images
 
 load_codecs()

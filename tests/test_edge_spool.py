@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from cfqa_core.errors import DataError
-from edge.spool import JOURNAL, QUARANTINE, SUFFIX, SpoolFull, SpoolItem, SpoolQueue, spool_name
+from cfqa_edge.spool import JOURNAL, QUARANTINE, SUFFIX, SpoolFull, SpoolItem, SpoolQueue, spool_name
 
 
 def _item(q: SpoolQueue, i: int) -> SpoolItem:

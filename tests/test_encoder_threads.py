@@ -9,7 +9,7 @@ from cfqa_core.codecs import _pyav
 from cfqa_core.codecs.hevc import HevcCodec, HevcX265CliCodec, ctu_size, x265_params, x265_threading
 from cfqa_core.codecs.vvc import VvcCodec
 from cfqa_core.errors import CodecError
-from edge.backends import TorchBackend
+from cfqa_edge.backends import TorchBackend
 from tests.support.serving import scene_images
 
 

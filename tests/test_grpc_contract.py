@@ -9,8 +9,8 @@ import pytest
 
 import cfqa_core.codecs as codecs
 from cfqa_core.errors import DataError
-from proto import cfqa_v1_pb2 as pb
-from proto.convert import (
+from cfqa_proto import cfqa_v1_pb2 as pb
+from cfqa_proto.convert import (
     depth_from_png,
     depth_to_png,
     encoded_from_payload,
@@ -19,7 +19,7 @@ from proto.convert import (
     mask_to_png,
     payload_from_encoded,
 )
-from proto.generate import GENERATED, ROOT, generate
+from cfqa_proto.generate import GENERATED, ROOT, generate
 
 load_codecs()
 
@@ -30,7 +30,7 @@ def test_generated_code_matches_proto(tmp_path: Path) -> None:
     for rel in GENERATED:
         fresh = (tmp_path / rel).read_bytes()
         committed = (ROOT / rel).read_bytes()
-        assert fresh == committed, f"{rel} is stale: run 'python -m proto.generate'"
+        assert fresh == committed, f"{rel} is stale: run 'python -m cfqa_proto.generate'"
 
 
 def test_service_shape() -> None:

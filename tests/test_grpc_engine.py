@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 
 import cfqa_core.codecs as codecs
-from cfqa_core.errors import CodecError
-from cfqa_core.inference import predict
-from cloud.engine import (
+from cfqa_cloud.engine import (
     InferenceRequest,
     ModelVersionError,
     RequestError,
     TaskPayload,
     UnknownModelError,
 )
-from edge.backends import TorchBackend
-from proto.convert import load_codecs
+from cfqa_core.errors import CodecError
+from cfqa_core.inference import predict
+from cfqa_edge.backends import TorchBackend
+from cfqa_proto.convert import load_codecs
 from tests.support.serving import scene_images
 
 load_codecs()

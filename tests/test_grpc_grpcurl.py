@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import cfqa_core.codecs as codecs
+from cfqa_cloud.engine import InferenceEngine, InferenceRequest, TaskPayload
+from cfqa_cloud.server import ServerConfig, start_server
 from cfqa_core.models import load_model
-from cloud.engine import InferenceEngine, InferenceRequest, TaskPayload
-from cloud.server import ServerConfig, start_server
-from edge.backends import TorchBackend
-from proto.convert import load_codecs
+from cfqa_edge.backends import TorchBackend
+from cfqa_proto.convert import load_codecs
 from tests.support.serving import scene_images, test_model_spec
 
 load_codecs()

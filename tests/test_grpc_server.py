@@ -8,12 +8,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import cfqa_core.codecs as codecs
-from cloud.server import ServerConfig, start_server
-from edge.backends import TorchBackend
-from edge.client import CloudClient
-from proto import cfqa_v1_pb2 as pb
-from proto import cfqa_v1_pb2_grpc as pb_grpc
-from proto.convert import depth_from_png, load_codecs, mask_from_png, payload_from_encoded
+from cfqa_cloud.server import ServerConfig, start_server
+from cfqa_edge.backends import TorchBackend
+from cfqa_edge.client import CloudClient
+from cfqa_proto import cfqa_v1_pb2 as pb
+from cfqa_proto import cfqa_v1_pb2_grpc as pb_grpc
+from cfqa_proto.convert import depth_from_png, load_codecs, mask_from_png, payload_from_encoded
 from tests.support.serving import scene_images, self_signed_cert
 
 load_codecs()

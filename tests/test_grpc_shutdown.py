@@ -11,10 +11,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import cfqa_core.codecs as codecs
 from cfqa_core.models import load_model
-from edge.backends import TorchBackend
-from proto import cfqa_v1_pb2 as pb
-from proto import cfqa_v1_pb2_grpc as pb_grpc
-from proto.convert import load_codecs, payload_from_encoded
+from cfqa_edge.backends import TorchBackend
+from cfqa_proto import cfqa_v1_pb2 as pb
+from cfqa_proto import cfqa_v1_pb2_grpc as pb_grpc
+from cfqa_proto.convert import load_codecs, payload_from_encoded
 from tests.support.serving import ServerProcess, scene_images, test_model_spec
 
 load_codecs()

@@ -11,8 +11,8 @@ from cfqa_core.cli import main as cli_main
 from cfqa_core.errors import ModelError
 from cfqa_core.models import load_model
 from cfqa_core.tasks import feature_shape, make_views
-from edge.backends import OnnxBackend, TorchBackend, make_backend, split_outputs
-from edge.onnx_export import export_edge
+from cfqa_edge.backends import OnnxBackend, TorchBackend, make_backend, split_outputs
+from cfqa_edge.onnx_export import export_edge
 from tests.support.serving import scene_images, test_model_spec
 
 SPLITS = (3, 8)

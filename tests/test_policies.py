@@ -8,7 +8,7 @@ import pytest
 
 from cfqa_core.errors import PolicyError
 from cfqa_core.fidelity import within_tolerance
-from edge.policies import (
+from cfqa_edge.policies import (
     Decision,
     EncodeOutcome,
     PolicyContext,
@@ -16,8 +16,8 @@ from edge.policies import (
     get_policy,
     policy_names,
 )
-from edge.policies.replay import replay_context
-from edge.policies.table import replay_arrays
+from cfqa_edge.policies.replay import replay_context
+from cfqa_edge.policies.table import replay_arrays
 from tests.support.policy_frames import QPS, synthetic_frame
 
 
@@ -267,7 +267,7 @@ def _feature():
 def test_live_context_sends_the_bitstream_it_scored():
     from cfqa_core.codecs import get_codec
     from cfqa_core.metrics import compute_metric
-    from edge.policies.live import LiveContext
+    from cfqa_edge.policies.live import LiveContext
 
     codec = get_codec("hevc")
     feature, vr = _feature()
@@ -290,11 +290,11 @@ def test_live_context_sends_the_bitstream_it_scored():
 
 
 def test_runner_adapter_and_registration():
-    import edge.runner as runner
+    import cfqa_edge.runner as runner
     from cfqa_core.codecs import get_codec
-    from edge.policies.live import RunnerPolicy, runner_factory
+    from cfqa_edge.policies.live import RunnerPolicy, runner_factory
 
-    assert not hasattr(runner, "POLICIES")  # one rate-control system: edge.policies
+    assert not hasattr(runner, "POLICIES")  # one rate-control system: cfqa_edge.policies
     adapter = runner.build_policy("cfqa-target", {"qp": None, "threshold": "0.99", "search": "bisect"})
     assert isinstance(adapter, RunnerPolicy)
     feature, vr = _feature()
@@ -311,7 +311,7 @@ def test_runner_adapter_and_registration():
 
 
 def test_feature_statistic_predicts_the_first_trial():
-    from edge.policies.search import feature_statistic
+    from cfqa_edge.policies.search import feature_statistic
 
     rng = np.random.default_rng(9)
     difficulty = np.exp(rng.normal(0, 0.8, 60))

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from cfqa_core.errors import PolicyError
-from edge.policies import get_policy
-from edge.policies.api import as_decision
-from edge.policies.plan import DEFAULT_PLANS, PlanStep, RatePlan, RatePlans
-from edge.policies.replay import replay_context
-from edge.policies.table import replay_arrays
-from sim.ratecontrol.fit import fit_plan, plan_outcome
+from cfqa_edge.policies import get_policy
+from cfqa_edge.policies.api import as_decision
+from cfqa_edge.policies.plan import DEFAULT_PLANS, PlanStep, RatePlan, RatePlans
+from cfqa_edge.policies.replay import replay_context
+from cfqa_edge.policies.table import replay_arrays
+from cfqa_sim.ratecontrol.fit import fit_plan, plan_outcome
 from tests.support.policy_frames import synthetic_frame
 
 
@@ -126,7 +126,7 @@ def test_shipped_plans_cover_the_shipped_table():
 
 
 def test_a_fall_back_that_makes_frames_late_is_not_fitted(arr):
-    from sim.ratecontrol.fit import Deadline
+    from cfqa_sim.ratecontrol.fit import Deadline
 
     sent = arr.bytes + arr.meta_bytes
     args = ("cls", "hevc", arr.rate_points, "proxy", arr.metric("proxy"), arr.output_change, sent)

@@ -9,7 +9,7 @@ import yaml
 
 from cfqa_core.cli import main
 from cfqa_core.errors import ScenarioError
-from sim.scenario import REPO_ROOT, load_scenario
+from cfqa_sim.scenario import REPO_ROOT, load_scenario
 from tests.support.sim_tables import synthetic_table, tiny_scenario
 
 SCENARIOS = sorted((REPO_ROOT / "scenarios").glob("*.yaml"))

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from cfqa_core.cli import main
-from sim.progress import SimProgress
-from sim.traces import SHIPPED_TRACES_DIR
+from cfqa_sim.progress import SimProgress
+from cfqa_sim.traces import SHIPPED_TRACES_DIR
 from tests.support.sim_tables import synthetic_table, tiny_scenario
 
 LTE = SHIPPED_TRACES_DIR / "cellular" / "Verizon-LTE-short.up"
@@ -141,8 +141,8 @@ def test_progress_bar_on_a_terminal_counts_whole_seconds():
 
 def test_provenance_of_a_live_scenario_hashes_the_model_weights(tmp_path):
     from cfqa_core.models.zoo import EMBEDDED_DIR
-    from sim.provenance import provenance
-    from sim.scenario import load_scenario
+    from cfqa_sim.provenance import provenance
+    from cfqa_sim.scenario import load_scenario
 
     path = tmp_path / "live.yaml"
     path.write_text(yaml.safe_dump({

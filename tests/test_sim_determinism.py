@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.engine import simulate
-from sim.outcomes import ReplayProvider
-from sim.scenario import load_scenario
+from cfqa_sim.engine import simulate
+from cfqa_sim.outcomes import ReplayProvider
+from cfqa_sim.scenario import load_scenario
 from tests.support.sim_tables import synthetic_table, tiny_scenario
 
 POLICIES = {
@@ -97,7 +97,7 @@ def test_a_reused_policy_context_decides_as_a_fresh_one(loaded, label):
 
 
 def test_reset_forgets_the_previous_frames_trials_and_keeps_the_node():
-    from edge.policies.api import EncodeOutcome, PolicyContext
+    from cfqa_edge.policies.api import EncodeOutcome, PolicyContext
 
     calls = []
 

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from cfqa_core.errors import PolicyError, ScenarioError
-from edge.policies.registry import POLICIES, PolicyParams
-from sim.engine import simulate
-from sim.node import ThroughputEstimator
-from sim.outcomes import ReplayProvider
-from sim.records import DROP_REASONS
-from sim.scenario import load_scenario
-from sim.table import BenchmarkTable
+from cfqa_edge.policies.registry import POLICIES, PolicyParams
+from cfqa_sim.engine import simulate
+from cfqa_sim.node import ThroughputEstimator
+from cfqa_sim.outcomes import ReplayProvider
+from cfqa_sim.records import DROP_REASONS
+from cfqa_sim.scenario import load_scenario
+from cfqa_sim.table import BenchmarkTable
 from tests.support.sim_tables import SYNTHETIC_QPS, synthetic_table, tiny_scenario
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import simpy
 
-from sim.link import Link, outage_process
-from sim.traces import MTU_BYTES, SHIPPED_TRACES_DIR, Trace, load_mahimahi, synthetic
+from cfqa_sim.link import Link, outage_process
+from cfqa_sim.traces import MTU_BYTES, SHIPPED_TRACES_DIR, Trace, load_mahimahi, synthetic
 
 LTE = SHIPPED_TRACES_DIR / "cellular" / "Verizon-LTE-short.up"
 

@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from cfqa_core.cli import main
-from sim.report import PLOTS, headline, report_table, time_bin_s
+from cfqa_sim.report import PLOTS, headline, report_table, time_bin_s
 from tests.support.sim_tables import synthetic_table, tiny_scenario
 
 POLICIES = ["hq", "mid", "lq", "hq-again", "bw"]

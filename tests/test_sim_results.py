@@ -14,9 +14,9 @@ import yaml
 from PIL import Image
 
 from cfqa_core.cli import main
-from edge.policies.registry import POLICIES, PolicyParams
-from sim.results import run_policies, write_run
-from sim.scenario import load_scenario
+from cfqa_edge.policies.registry import POLICIES, PolicyParams
+from cfqa_sim.results import run_policies, write_run
+from cfqa_sim.scenario import load_scenario
 from tests.support.sim_tables import synthetic_table, tiny_scenario
 
 SUMMARY_KEYS = {
@@ -158,9 +158,9 @@ def test_sweep_on_ray_without_ray_is_a_clear_error(scenario_path, tmp_path, caps
 
 
 def test_bytes_over_time_follow_the_link_and_skip_outages():
-    from sim.engine import LinkInfo
-    from sim.report import sent_per_bin
-    from sim.traces import synthetic
+    from cfqa_sim.engine import LinkInfo
+    from cfqa_sim.report import sent_per_bin
+    from cfqa_sim.traces import synthetic
 
     info = LinkInfo("up", synthetic("constant", capacity_mbps=12.0, duration_s=1.0), 0.0, [(0.002, 0.004)], True)
     # one packet per ms at 1, 2, ... ms; the outage removes the 2-5 ms packets

@@ -15,15 +15,15 @@ import pytest
 import torch
 
 from cfqa_core.models import load_model
-from edge.onnx_export import export_edge
+from cfqa_edge.onnx_export import export_edge
 from tests.support.installs import clean_env, install_extra
 from tests.support.serving import ServerProcess, test_model_spec, write_images
 
 SPLIT = 4
-EDGE_MODULES = ("edge.runner", "edge.backends", "edge.client", "edge.spool", "edge.commands",
-                "edge.run_cmd", "edge.export_cmd", "proto.convert", "proto.cfqa_v1_pb2_grpc",
+EDGE_MODULES = ("cfqa_edge.runner", "cfqa_edge.backends", "cfqa_edge.client", "cfqa_edge.spool", "cfqa_edge.commands",
+                "cfqa_edge.run_cmd", "cfqa_edge.export_cmd", "cfqa_proto.convert", "cfqa_proto.cfqa_v1_pb2_grpc",
                 "cfqa_core.tasks", "cfqa_core.codecs", "cfqa_core.packing", "cfqa_core.metrics", "cfqa_core.cli",
-                "cloud.commands")
+                "cfqa_cloud.commands")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_edge_install_has_no_torch(edge_venv, tmp_path) -> None:
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
     code = ("import importlib, sys\n"
             f"for m in {EDGE_MODULES!r}: importlib.import_module(m)\n"
-            "import cfqa_core.codecs as c, edge.runner as r\n"
+            "import cfqa_core.codecs as c, cfqa_edge.runner as r\n"
             "assert 'torch' not in sys.modules, 'torch imported'\n"
             "assert r.__file__.startswith(sys.prefix), r.__file__\n"
             "print(','.join(c.registered_names()))\n")

@@ -6,7 +6,7 @@ import pytest
 
 from cfqa_core.cli import main
 from cfqa_core.errors import ScenarioError
-from sim.traces import (
+from cfqa_sim.traces import (
     MTU_BYTES,
     SHIPPED_TRACES_DIR,
     Trace,

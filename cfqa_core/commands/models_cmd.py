@@ -1,4 +1,4 @@
-"""``cfqa train``, ``cfqa models eval``, ``cfqa infer`` (``cfqa features`` is in ``edge.features_cmd``)."""
+"""``cfqa train``, ``cfqa models eval``, ``cfqa infer`` (``cfqa features`` is in ``cfqa_edge.features_cmd``)."""
 from __future__ import annotations
 
 import argparse

@@ -10,15 +10,15 @@
 ==============  =============================================================
 
 ``get_policy(name, **params)`` returns a new instance (one per node); the
-interface types live in :mod:`edge.policies.api`, the live context (real
-codec, decoder and metric) in :mod:`edge.policies.live`. Numpy only at
+interface types live in :mod:`cfqa_edge.policies.api`, the live context (real
+codec, decoder and metric) in :mod:`cfqa_edge.policies.live`. Numpy only at
 import; nothing here imports the simulator.
 """
 from __future__ import annotations
 
-from edge.policies import bandwidth, fixed, hybrid, oracle, target  # noqa: F401  (register the policies)
-from edge.policies.api import Decision, EncodeOutcome, Feedback, Policy, PolicyContext, as_decision
-from edge.policies.registry import POLICIES, get_policy, policy_names, register_policy
+from cfqa_edge.policies import bandwidth, fixed, hybrid, oracle, target  # noqa: F401  (register the policies)
+from cfqa_edge.policies.api import Decision, EncodeOutcome, Feedback, Policy, PolicyContext, as_decision
+from cfqa_edge.policies.registry import POLICIES, get_policy, policy_names, register_policy
 
 __all__ = [
     "POLICIES", "Decision", "EncodeOutcome", "Feedback", "Policy", "PolicyContext", "as_decision",

@@ -12,7 +12,7 @@ The same context shape serves three settings:
 
 - replay (the simulator, the offline evaluation): ``encode`` looks the
   outcome up in the benchmark table;
-- live (the edge client): :class:`edge.policies.live.LiveContext` runs the
+- live (the edge client): :class:`cfqa_edge.policies.live.LiveContext` runs the
   real codec, decoder and metric and keeps the bitstream that is sent;
 - oracle runs: ``judge(rate_point)`` returns how far the cloud's output moves
   from the uncompressed output at a rate point (:mod:`cfqa_core.fidelity`);

@@ -1,15 +1,15 @@
 """``bandwidth``: the highest quality whose bytes fit what the link carries before the deadline.
 
-No metric: the policy predicts each rung's bytes (:class:`~edge.policies.link.BytesModel`),
+No metric: the policy predicts each rung's bytes (:class:`~cfqa_edge.policies.link.BytesModel`),
 encodes the highest quality predicted to fit the budget and, when the real
 bitstream overshoots (or leaves room for a better rung), re-plans on the
 frame's real size and encodes again (every encode counted, up to ``max_encodes``).
 """
 from __future__ import annotations
 
-from edge.policies.api import Decision, PolicyContext
-from edge.policies.link import LinkParams, make_planner
-from edge.policies.registry import register_policy
+from cfqa_edge.policies.api import Decision, PolicyContext
+from cfqa_edge.policies.link import LinkParams, make_planner
+from cfqa_edge.policies.registry import register_policy
 
 
 @register_policy("bandwidth")

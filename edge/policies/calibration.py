@@ -3,7 +3,7 @@
 For a threshold ``t`` on a metric, a CFQA-guided edge sends each image at the
 cheapest rate point of the ladder whose metric meets ``t`` (the highest
 quality when none does). Replaying that rule over the benchmark table gives
-the accuracy drop ``drop(t)`` (units in :mod:`edge.policies.accuracy`).
+the accuracy drop ``drop(t)`` (units in :mod:`cfqa_edge.policies.accuracy`).
 Candidate thresholds are the metric values in the table (the choice only
 changes there), ordered from strict to loose, after the virtual strictest
 one "every image at the best rate".
@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from cfqa_core.errors import DataError, PolicyError
-from edge.policies.accuracy import DROP_UNIT, accuracy, accuracy_drop
-from edge.policies.table import ReplayArrays
+from cfqa_edge.policies.accuracy import DROP_UNIT, accuracy, accuracy_drop
+from cfqa_edge.policies.table import ReplayArrays
 
 FORMAT = "cfqa-calibration/1"
 RULES = ("isotonic", "monotone", "loosest")
@@ -212,8 +212,8 @@ def calibrate(frame, metric: str, tasks: list[str] | None = None, codecs: list[s
               tolerance: float = 1.0, higher_is_better: bool | None = None, source: str = "",
               rule: str = "isotonic") -> Calibration:
     """Calibrate ``metric`` on a benchmark table (pandas) for the given tasks and codecs."""
-    from edge.policies.table import metric_columns, replay_arrays, tasks_and_codecs
-    from edge.policies.targets import metric_direction
+    from cfqa_edge.policies.table import metric_columns, replay_arrays, tasks_and_codecs
+    from cfqa_edge.policies.targets import metric_direction
 
     if tolerance < 0 or not math.isfinite(tolerance):
         raise PolicyError(f"tolerance must be a finite number >= 0, got {tolerance}")

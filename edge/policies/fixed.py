@@ -14,8 +14,8 @@ import math
 from pydantic import model_validator
 
 from cfqa_core.errors import PolicyError
-from edge.policies.api import Decision, PolicyContext
-from edge.policies.registry import PolicyParams, register_policy
+from cfqa_edge.policies.api import Decision, PolicyContext
+from cfqa_edge.policies.registry import PolicyParams, register_policy
 
 
 class FixedParams(PolicyParams):
@@ -46,7 +46,7 @@ class FixedPolicy:
         self.params = params or FixedParams()
         self.plans = None
         if self.params.matched:
-            from edge.policies.plan import DEFAULT_PLANS, RatePlans
+            from cfqa_edge.policies.plan import DEFAULT_PLANS, RatePlans
 
             self.plans = RatePlans.load(self.params.plan or DEFAULT_PLANS)
 

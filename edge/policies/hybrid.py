@@ -11,11 +11,11 @@ from dataclasses import replace
 
 from pydantic import Field
 
-from edge.policies.api import Decision, PolicyContext
-from edge.policies.link import LinkParams, make_planner
-from edge.policies.plan import PlanStep, run_plan
-from edge.policies.registry import register_policy
-from edge.policies.target import CfqaTargetPolicy, TargetParams, fallback_decision, frame_statistic
+from cfqa_edge.policies.api import Decision, PolicyContext
+from cfqa_edge.policies.link import LinkParams, make_planner
+from cfqa_edge.policies.plan import PlanStep, run_plan
+from cfqa_edge.policies.registry import register_policy
+from cfqa_edge.policies.target import CfqaTargetPolicy, TargetParams, fallback_decision, frame_statistic
 
 
 class HybridParams(TargetParams, LinkParams):

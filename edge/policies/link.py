@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import Field
 
-from edge.policies.api import Decision, PolicyContext
-from edge.policies.calibration import load_calibration
-from edge.policies.registry import PolicyParams
+from cfqa_edge.policies.api import Decision, PolicyContext
+from cfqa_edge.policies.calibration import load_calibration
+from cfqa_edge.policies.registry import PolicyParams
 
 
 class BytesModel:

@@ -1,6 +1,6 @@
 """Policies on a real feature: the live context and the ``cfqa edge run`` adapter.
 
-:class:`LiveContext` is a :class:`~edge.policies.api.PolicyContext` whose trial
+:class:`LiveContext` is a :class:`~cfqa_edge.policies.api.PolicyContext` whose trial
 encodes run the real codec (``cfqa_core.codecs``), whose assessments decode
 locally and score with ``cfqa_core.metrics``, with measured times, and which
 keeps every :class:`~cfqa_core.codecs.base.EncodedFeature` so that the chosen
@@ -20,7 +20,7 @@ import numpy as np
 
 from cfqa_core.codecs.base import EncodedFeature, FeatureCodec
 from cfqa_core.errors import PolicyError
-from edge.policies.api import Decision, EncodeOutcome, PolicyContext, as_decision
+from cfqa_edge.policies.api import Decision, EncodeOutcome, PolicyContext, as_decision
 
 
 def metric_value_range(value_range: Any) -> tuple[float, float]:
@@ -119,7 +119,7 @@ class RunnerPolicy:
 
     def __init__(self, name: str, params: dict[str, Any], throughput_mbps: float | None = None,
                  deadline_s: float | None = None) -> None:
-        from edge.policies.registry import get_policy
+        from cfqa_edge.policies.registry import get_policy
 
         self.name = name
         self.params = params
@@ -155,7 +155,7 @@ class RunnerPolicy:
 
 
 def runner_factory(name: str) -> Callable[[dict[str, Any]], RunnerPolicy]:
-    """``factory(options) -> RunnerPolicy`` for :func:`edge.runner.build_policy` (options may be strings)."""
+    """``factory(options) -> RunnerPolicy`` for :func:`cfqa_edge.runner.build_policy` (options may be strings)."""
 
     def factory(options: dict[str, Any]) -> RunnerPolicy:
         opts = {k: v for k, v in options.items() if v is not None}

@@ -17,8 +17,8 @@ from __future__ import annotations
 from pydantic import Field
 
 from cfqa_core.fidelity import tolerance_for
-from edge.policies.api import Decision, PolicyContext
-from edge.policies.registry import PolicyParams, register_policy
+from cfqa_edge.policies.api import Decision, PolicyContext
+from cfqa_edge.policies.registry import PolicyParams, register_policy
 
 
 class OracleParams(PolicyParams):

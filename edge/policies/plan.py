@@ -10,7 +10,7 @@ clears at the cheap rung and two for the others:
     {"metric": "proxy", "steps": [{"rate_point": 35, "threshold": 0.42}, {"rate_point": 23}]}
 
 Plans are fitted offline on calibration images (``cfqa policies fit``, in
-:mod:`sim.ratecontrol.fit`) to reach a target success rate at the fewest
+:mod:`cfqa_sim.ratecontrol.fit`) to reach a target success rate at the fewest
 bytes; the package ships the plans of the embedded model
 (``edge/policies/plans/embedded.json``). This module only loads and runs them.
 """

@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
-from edge.policies.api import EncodeOutcome, PolicyContext
-from edge.policies.table import ReplayArrays
+from cfqa_edge.policies.api import EncodeOutcome, PolicyContext
+from cfqa_edge.policies.table import ReplayArrays
 
 
 def replay_context(arr: ReplayArrays, i: int, *, frame_idx: int, node_id: int = 0, metric_s: float = 0.0,

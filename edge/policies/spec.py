@@ -2,7 +2,7 @@
 
 One syntax for ``cfqa edge run --policy``, ``cfqa policies eval --policies``
 and ``cfqa compare --policies``. Values stay strings; the policy's own
-parameter model (:mod:`edge.policies.registry`) coerces and checks them.
+parameter model (:mod:`cfqa_edge.policies.registry`) coerces and checks them.
 ``fixed-matched`` is the fixed policy at the rate plans' matched rung
 (``fixed:matched=true``); the offline evaluation refits that rung on each
 calibration half.

@@ -3,13 +3,13 @@
 The edge encodes, decodes locally, scores the result with the metric and
 moves along the ladder (Figure 1 right of the CFQA paper: re-encode at a
 higher rate when the score is too low). By default (no parameters) it runs the
-calibrated rate plans shipped for the embedded model (:mod:`edge.policies.plan`:
+calibrated rate plans shipped for the embedded model (:mod:`cfqa_edge.policies.plan`:
 probe a cheap rung, score it with the task-aware ``proxy`` metric, fall back
 to a safe rung; at most two encodes), or the plans of ``plan=FILE``. It can
 instead chase a raw metric value (``threshold=0.995``) or a task accuracy
 (``target_accuracy_drop=1.0`` with a ``calibration`` file from ``cfqa
 calibrate``), resolved per task and codec, with a search
-(:mod:`edge.policies.search`) that keeps the mean number of encodes low.
+(:mod:`cfqa_edge.policies.search`) that keeps the mean number of encodes low.
 
 An unreachable target is not an error: the frame goes out at the highest
 quality with ``met_target=False`` and the reason.
@@ -25,12 +25,12 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from cfqa_core.errors import PolicyError
-from edge.policies.api import Decision, PolicyContext
-from edge.policies.calibration import Calibration, load_calibration
-from edge.policies.plan import DEFAULT_PLANS, RatePlans, run_plan
-from edge.policies.registry import PolicyParams, register_policy
-from edge.policies.search import TargetSearch, feature_statistic
-from edge.policies.targets import MetricTarget, make_target
+from cfqa_edge.policies.api import Decision, PolicyContext
+from cfqa_edge.policies.calibration import Calibration, load_calibration
+from cfqa_edge.policies.plan import DEFAULT_PLANS, RatePlans, run_plan
+from cfqa_edge.policies.registry import PolicyParams, register_policy
+from cfqa_edge.policies.search import TargetSearch, feature_statistic
+from cfqa_edge.policies.targets import MetricTarget, make_target
 
 DEFAULT_METRIC = "cosine"
 

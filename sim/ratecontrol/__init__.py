@@ -1,5 +1,5 @@
 """Offline rate-control analysis: fitting rate plans and evaluating policies on a benchmark table.
 
 Nothing here runs on a device: the edge loads the plans this package fits
-(:mod:`edge.policies.plan`) and runs the policies it evaluates.
+(:mod:`cfqa_edge.policies.plan`) and runs the policies it evaluates.
 """

@@ -86,8 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from sim.ratecontrol.evaluate import DEFAULT_POLICIES, EvalConfig, evaluate, flat_results, headline
-    from sim.ratecontrol.report import markdown
+    from cfqa_sim.ratecontrol.evaluate import DEFAULT_POLICIES, EvalConfig, evaluate, flat_results, headline
+    from cfqa_sim.ratecontrol.report import markdown
 
     cfg = EvalConfig(
         table=args.table, tasks=args.task, codecs=args.codec, policies=args.policies or DEFAULT_POLICIES,
@@ -109,7 +109,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from sim.ratecontrol.shipped import fit_shipped_plans
+    from cfqa_sim.ratecontrol.shipped import fit_shipped_plans
 
     plans = fit_shipped_plans(args.table, args.out, tasks=args.task, codecs=args.codec, metric=args.metric,
                               target=args.target_success, tolerance=args.tolerance, timing=args.timing,
@@ -127,7 +127,7 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from edge.policies import POLICIES
+    from cfqa_edge.policies import POLICIES
 
     for name in sorted(POLICIES):
         cls = POLICIES[name]
@@ -141,7 +141,7 @@ def _timing(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cfqa_core.errors import DataError
-    from sim.timing import measure_profile
+    from cfqa_sim.timing import measure_profile
 
     if args.images < 1 or args.repeats < 1:
         raise DataError("--images and --repeats must be at least 1")

@@ -15,13 +15,13 @@ Protocol (per task and codec):
   fixed** (the cheapest single rung reaching the target success rate on the
   calibration half) with a paired bootstrap interval over images.
 - **Policies** run through the real policy code on replayed encodes
-  (:func:`edge.policies.replay.replay_context`): ``cfqa-target`` and
+  (:func:`cfqa_edge.policies.replay.replay_context`): ``cfqa-target`` and
   ``hybrid`` with the rate plan fitted on the calibration half
-  (:mod:`sim.ratecontrol.fit`, for the same link and deadline), ``bandwidth`` with its own link budget;
+  (:mod:`cfqa_sim.ratecontrol.fit`, for the same link and deadline), ``bandwidth`` with its own link budget;
   ``oracle`` is the per-image cheapest rung within tolerance (a bound).
 - **Edge time**: every trial's encode, plus for each scored trial its local
   decode and the metric's cost, from the table's measurements or a timing
-  profile (:mod:`sim.timing`). A frame is on time when edge time + bytes x
+  profile (:mod:`cfqa_sim.timing`). A frame is on time when edge time + bytes x
   8 / throughput <= deadline (a constant link here; the simulator replays
   real traces).
 """
@@ -40,14 +40,14 @@ from tqdm import tqdm
 from cfqa_core.accounting import DEFAULT_TARGET_SUCCESS, FrameLedger, compare, matched_fixed_rung, oracle_rungs
 from cfqa_core.errors import DataError, PolicyError
 from cfqa_core.fidelity import DEFAULT_TOLERANCE, TOLERANCE_UNITS, within_tolerance
-from edge.policies.api import as_decision
-from edge.policies.plan import RatePlans
-from edge.policies.registry import POLICIES, get_policy
-from edge.policies.replay import replay_context
-from edge.policies.spec import PolicySpec, parse_spec
-from edge.policies.table import ReplayArrays, load_frame, metric_columns, replay_arrays, tasks_and_codecs
-from sim.ratecontrol.fit import Deadline, fit_plan
-from sim.ratecontrol.shipped import calibration_images, evaluation_images
+from cfqa_edge.policies.api import as_decision
+from cfqa_edge.policies.plan import RatePlans
+from cfqa_edge.policies.registry import POLICIES, get_policy
+from cfqa_edge.policies.replay import replay_context
+from cfqa_edge.policies.spec import PolicySpec, parse_spec
+from cfqa_edge.policies.table import ReplayArrays, load_frame, metric_columns, replay_arrays, tasks_and_codecs
+from cfqa_sim.ratecontrol.fit import Deadline, fit_plan
+from cfqa_sim.ratecontrol.shipped import calibration_images, evaluation_images
 
 MATCHED = "fixed-matched"
 ORACLE = "oracle"
@@ -93,7 +93,7 @@ class Frames:
 
 def measure_metric_s(metric: str, task: str) -> float:
     """Median wall seconds of one metric evaluation on a feature of the embedded model's shape for ``task``."""
-    from sim.timing import metric_seconds
+    from cfqa_sim.timing import metric_seconds
 
     shape = {"cls": (1, 145, 128), "seg": (2, 145, 128), "dpt": (2, 4, 145, 128)}[task]
     return metric_seconds(metric, task, np.random.default_rng(0).normal(0, 1, shape).astype(np.float32))[0]
@@ -246,7 +246,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         raise DataError(f"benchmark table has none of the codecs {', '.join(cfg.codecs or ())}")
     timing = None
     if cfg.timing:
-        from sim.timing import TimingProfile
+        from cfqa_sim.timing import TimingProfile
 
         timing = TimingProfile.load(cfg.timing)
     sections = []
@@ -261,7 +261,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             sections.append(evaluate_arrays(arr, cfg, specs, metric_s, plan_dir))
     report = {"config": asdict(cfg), "sections": sections}
     if cfg.out:
-        from sim.ratecontrol.report import write_report
+        from cfqa_sim.ratecontrol.report import write_report
 
         write_report(report, Path(cfg.out))
     return report

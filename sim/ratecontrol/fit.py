@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cfqa_core.accounting import DEFAULT_TARGET_SUCCESS, matched_fixed_rung, rung_success
-from edge.policies.plan import PlanStep, RatePlan
+from cfqa_edge.policies.plan import PlanStep, RatePlan
 
 
 @dataclass(frozen=True)

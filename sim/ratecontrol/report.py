@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sim.ratecontrol.evaluate import MATCHED, ORACLE, headline
+from cfqa_sim.ratecontrol.evaluate import MATCHED, ORACLE, headline
 
 
 def _pct(v: Any, signed: bool = False) -> str:

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from cfqa_core.accounting import DEFAULT_TARGET_SUCCESS
-from edge.policies.plan import RatePlans
-from edge.policies.table import load_frame, replay_arrays, tasks_and_codecs
-from sim.ratecontrol.fit import fit_plan
+from cfqa_edge.policies.plan import RatePlans
+from cfqa_edge.policies.table import load_frame, replay_arrays, tasks_and_codecs
+from cfqa_sim.ratecontrol.fit import fit_plan
 
 
 def calibration_images(n: int) -> np.ndarray:
@@ -52,11 +52,11 @@ def fit_shipped_plans(table: str | Path, out: str | Path, *, tasks: Sequence[str
     With a timing profile, plans are fitted for frames that must also arrive within ``deadline_s``
     on a ``throughput_mbps`` link (edge encode, decode and metric times from the profile).
     """
-    from sim.ratecontrol.fit import Deadline
+    from cfqa_sim.ratecontrol.fit import Deadline
 
     profile = None
     if timing is not None:
-        from sim.timing import TimingProfile
+        from cfqa_sim.timing import TimingProfile
 
         profile = TimingProfile.load(timing)
     frame = load_frame(table)

@@ -31,10 +31,15 @@ def clean_env() -> dict[str, str]:
     return env
 
 
+def copy_source(dest: Path) -> Path:
+    """A copy of the repository at ``dest`` with only what a source distribution carries; returns ``dest``."""
+    shutil.copytree(ROOT, dest, ignore=_ignore)
+    return dest
+
+
 def install_extra(base: Path, extra: str) -> Path:
     """A new venv under ``base`` with ``cfqa-edgecloud[extra]`` installed from a copy of the repository."""
-    src = base / "src"
-    shutil.copytree(ROOT, src, ignore=_ignore)
+    src = copy_source(base / "src")
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=1800)
     pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"{src}[{extra}]"],
