@@ -5,7 +5,6 @@ import configparser
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 
