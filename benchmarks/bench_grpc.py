@@ -44,6 +44,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cfqa_core.task_names import TASKS  # noqa: E402
 from cfqa_proto import cfqa_v1_pb2 as pb  # noqa: E402
 from cfqa_proto.convert import load_codecs, payload_from_encoded  # noqa: E402
 from tests.support.serving import ServerProcess, scene_images, test_model_spec  # noqa: E402
@@ -343,7 +344,7 @@ def write_markdown(path: Path, result: dict) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="model (default: the test model: embedded, else random weights)")
-    p.add_argument("--task", default="cls", choices=["cls", "seg", "dpt"])
+    p.add_argument("--task", default="cls", choices=TASKS)
     p.add_argument("--split", type=int, default=4)
     p.add_argument("--qp", type=int, default=10)
     p.add_argument("--levels", default="1,4,16")

@@ -30,8 +30,7 @@ sys.path.insert(0, str(ROOT))
 from cfqa_core.codecs.learned import SHIPPED, LearnedCodec, truncate  # noqa: E402
 from cfqa_core.codecs.synthetic import EMBEDDED_SHAPES, synthetic_feature  # noqa: E402
 from cfqa_core.packing import feature_range  # noqa: E402
-
-TASKS = ("cls", "seg", "dpt")
+from cfqa_core.task_names import TASKS  # noqa: E402
 
 
 def _features(model: str, n: int) -> tuple[dict[str, list[np.ndarray]], dict, str]:

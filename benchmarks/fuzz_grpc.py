@@ -55,6 +55,7 @@ import grpc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cfqa_core.task_names import TASKS  # noqa: E402
 from cfqa_proto import cfqa_v1_pb2 as pb  # noqa: E402
 from cfqa_proto.convert import load_codecs, payload_from_encoded  # noqa: E402
 from tests.support.serving import ServerProcess, scene_images, test_model_spec  # noqa: E402
@@ -294,7 +295,7 @@ def prepare(spec: str) -> tuple[list[tuple[str, pb.InferRequest]], list[str]]:
     model = load_model(spec)
     backend = TorchBackend(model, SPLIT)
     image = scene_images(1, start=11)[0]
-    feats = backend.features(image, ("cls", "seg", "dpt"))
+    feats = backend.features(image, TASKS)
     bases, names = [], []
     for name, task, rp in CODECS:
         codec = codecs.get_codec(name)

@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 
 from cfqa_core.errors import DataError
+from cfqa_core.task_names import TASKS  # noqa: F401 - re-exported; the names live in one light module
 
-TASKS: tuple[str, ...] = ("cls", "seg", "dpt")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from cfqa_core.task_names import TASKS
+
 
 def _key_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
@@ -60,7 +62,7 @@ def register(esub: argparse._SubParsersAction) -> None:
                    help="extra option of the policy (repeatable)")
     p.add_argument("--codec", default="hevc")
     p.add_argument("--bit-depth", type=int, default=10)
-    p.add_argument("--task", action="append", choices=["cls", "seg", "dpt"], default=None,
+    p.add_argument("--task", action="append", choices=TASKS, default=None,
                    help="task (repeatable; default: cls)")
     p.add_argument("--split", type=int, default=None, help="split block K (default: the last block)")
     p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",

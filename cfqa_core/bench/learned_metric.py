@@ -32,6 +32,7 @@ from cfqa_core.metrics.learned import (
     mlp_activations,
     pair_statistics,
 )
+from cfqa_core.tasks import TASKS
 
 STATS_FILE = "learned-stats.parquet"
 COMPARED = ("cosine", "mse", "cka")
@@ -161,7 +162,7 @@ def fit(stats: np.ndarray, tasks: np.ndarray, target: np.ndarray, cfg: MetricTra
     points, which is what the CFQA protocol scores.
     """
     rng = np.random.default_rng(cfg.seed)
-    task_names = tuple(t for t in ("cls", "seg", "dpt") if t in set(tasks)) or tuple(sorted(set(tasks)))
+    task_names = tuple(t for t in TASKS if t in set(tasks)) or tuple(sorted(set(tasks)))
     x_mean, x_std = stats.mean(axis=0), stats.std(axis=0) + 1e-6
     ti = np.array([task_names.index(t) for t in tasks])
     y_mean = np.array([target[ti == k].mean() for k in range(len(task_names))])

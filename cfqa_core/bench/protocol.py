@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from cfqa_core.errors import DataError, MetricError
+from cfqa_core.tasks import TASKS
 
 FEATURE_KEY: tuple[str, ...] = ("task", "codec", "image_id")
 PROTOCOL_COLUMNS: tuple[str, ...] = ("image_id", "task", "codec", "rate_point")
@@ -56,7 +57,7 @@ def _distortion_direction(target: str = "gt_distortion") -> dict[str, int]:
 def task_order(tasks) -> list[str]:
     """cls, seg, dpt first (the paper's order), then any other task alphabetically."""
     present = set(tasks)
-    known = [t for t in ("cls", "seg", "dpt") if t in present]
+    known = [t for t in TASKS if t in present]
     return known + sorted(t for t in present if t not in known)
 
 

@@ -45,11 +45,12 @@ from tqdm import tqdm
 
 from cfqa_core.benchdata.schema import BASE_COLUMNS
 from cfqa_core.errors import DataError
+from cfqa_core.tasks import TASKS
 
 ORIGINALS_DIR = "org_feat"
 COMPRESSED_DIR = "compressed_feat"
 LABELS_CSV = "labels.csv"
-SEED_TASKS: tuple[str, ...] = ("cls", "seg", "dpt")
+SEED_TASKS: tuple[str, ...] = TASKS  # the seed releases features of the same three tasks
 # Min / max of the reference's uniform quantisation (dpt: over its four blocks).
 SEED_VALUE_RANGES: dict[str, tuple[float, float]] = {
     "cls": (-542.31, 94.15),

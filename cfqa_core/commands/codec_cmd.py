@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = csub.add_parser("encode", help="compress a feature .npy into PREFIX.bin + PREFIX.json")
     p.add_argument("feature", help="float feature tensor (.npy)")
     p.add_argument("--codec", default="hevc", help="codec name (see 'cfqa codec list'; default hevc)")
-    p.add_argument("--qp", type=int, required=True, help="rate point (QP for block codecs)")
+    p.add_argument("--rate-point", "--qp", dest="rate_point", type=int, required=True,
+                   help="rate point: the QP of block codecs, the quality index of learned ones")
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.bin and PREFIX.json")
     p.add_argument("--range", nargs=2, type=float, metavar=("LO", "HI"),
                    help="truncation range (default: the feature's own min and max)")
@@ -131,7 +132,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = {"value_range": value_range, "bit_depth": args.bits}
     if args.rounding is not None:
         kwargs["rounding"] = args.rounding
-    encoded = _native(f"{codec.name} encode", lambda: codec.encode(feature, args.qp, **kwargs))
+    encoded = _native(f"{codec.name} encode", lambda: codec.encode(feature, args.rate_point, **kwargs))
     meta = dict(encoded.meta)
     meta.setdefault("codec", encoded.codec)
     meta.setdefault("rate_point", encoded.rate_point)

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from cfqa_core.task_names import TASKS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -14,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a variable-rate hyperprior codec on features of the project's scenes, "
         "export it (ONNX + entropy tables) and measure real bitstreams on val scenes.",
     )
-    p.add_argument("--task", default="multi", choices=["cls", "seg", "dpt", "multi"],
+    p.add_argument("--task", default="multi", choices=[*TASKS, "multi"],
                    help="features to train on (multi: all three tasks)")
     p.add_argument("--variant", default="scale", choices=["scale", "meanscale"],
                    help="scale hyperprior (Balle 2018) or mean-scale hyperprior (Minnen 2018)")

@@ -25,7 +25,7 @@ from cfqa_core.evaluation import evaluate
 from cfqa_core.models.dinov2 import CONFIGS, DinoVisionTransformer
 from cfqa_core.models.split_model import ModelMeta, SplitModel
 from cfqa_core.models.zoo import save_model
-from cfqa_core.tasks import IMAGENET_MEAN, IMAGENET_STD
+from cfqa_core.tasks import IMAGENET_MEAN, IMAGENET_STD, TASKS
 
 
 @dataclass
@@ -131,7 +131,7 @@ def feature_ranges(model: SplitModel, scenes, n: int = 64, q: float = 1e-4) -> d
     from cfqa_core.inference import extract_features
 
     ranges: dict[str, list] = {}
-    for task in ("cls", "seg", "dpt"):
+    for task in TASKS:
         f = extract_features(model, task, scenes.images[:n])
         if task == "dpt":
             per_block = np.moveaxis(f, 2, 0).reshape(f.shape[2], -1)
