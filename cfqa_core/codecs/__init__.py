@@ -1,5 +1,6 @@
 """Feature codecs. Importing this package registers every built-in codec."""
 from cfqa_core.codecs.base import (  # noqa: F401
+    CODECS,
     CodecInfo,
     EncodedFeature,
     FeatureCodec,

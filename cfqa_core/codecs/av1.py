@@ -46,7 +46,6 @@ def decode_av1(bitstream: bytes, width: int, height: int, bit_depth: int) -> np.
 class Av1Codec(BlockCodec):
     """AV1 all-intra monochrome with libaom."""
 
-    name: ClassVar[str] = "av1"
     family: ClassVar[str] = "av1"
     ladder: ClassVar[tuple[int, ...]] = AV1_OPERATING_LADDER
     paper_ladder: ClassVar[tuple[int, ...]] = AV1_PAPER_LADDER

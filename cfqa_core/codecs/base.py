@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from cfqa_core.errors import CodecError
+from cfqa_core.registry import Registry
 
 
 @dataclass
@@ -63,7 +64,7 @@ class FeatureCodec(ABC):
     for learned codecs the index of a trained lambda.
     """
 
-    name: ClassVar[str]
+    name: ClassVar[str]  # set by ``register_codec``
     family: ClassVar[str]
     ladder: ClassVar[tuple[int, ...]]
     # Tasks whose features the codec is meant for (None: any); task-specific learned codecs set it.
@@ -94,28 +95,25 @@ class FeatureCodec(ABC):
         """Reconstruct the float32 feature of ``encoded.meta['shape']``."""
 
 
-_REGISTRY: dict[str, Callable[[], FeatureCodec]] = {}
+CODECS: Registry[Callable[..., FeatureCodec]] = Registry("codec", CodecError)
 
 
-def register_codec(name: str) -> Callable[[Callable[[], FeatureCodec]], Callable[[], FeatureCodec]]:
-    """Decorator: register a zero-argument factory under ``name``."""
+def register_codec(name: str, **defaults: Any) -> Callable[[Any], Any]:
+    """Decorator: register a codec class (or factory) under ``name``, which is set as its ``name``.
 
-    def wrap(factory: Callable[[], FeatureCodec]) -> Callable[[], FeatureCodec]:
-        if name in _REGISTRY:
-            raise ValueError(f"codec '{name}' registered twice")
-        _REGISTRY[name] = factory
-        return factory
-
-    return wrap
+    ``defaults`` are keyword arguments bound for this name (see :meth:`Registry.register`).
+    """
+    return CODECS.register(name, **defaults)
 
 
-def registered_names() -> list[str]:
-    return sorted(_REGISTRY)
+def registered_names(filter: str | None = None) -> list[str]:
+    """Sorted codec names, optionally those matching an fnmatch pattern (``"hevc*"``)."""
+    return CODECS.names(filter)
 
 
-def get_codec(name: str) -> FeatureCodec:
-    """Instantiate a registered codec by name (CodecError if unknown)."""
-    if name not in _REGISTRY:
-        known = ", ".join(registered_names()) or "none"
-        raise CodecError(f"unknown codec '{name}' (known: {known})")
-    return _REGISTRY[name]()
+def get_codec(name: str, **kwargs: Any) -> FeatureCodec:
+    """A new codec registered as ``name``; ``kwargs`` go to its constructor (CodecError if unknown).
+
+    ``get_codec("vvc", preset="slow")``, ``get_codec("hyperprior-cls", backend="onnx")``.
+    """
+    return CODECS.create(name, **kwargs)

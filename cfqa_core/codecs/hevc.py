@@ -38,6 +38,9 @@ from cfqa_core.codecs.base import register_codec
 from cfqa_core.codecs.block import BlockCodec, raw_frame_bytes
 from cfqa_core.errors import CodecError
 
+X265_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
+
 # (x265 option, value); a bool is a switch (``--<name>`` / ``--no-<name>`` on the CLI).
 X265Param = tuple[str, str | bool]
 _X265_TUNING: tuple[X265Param, ...] = (
@@ -97,6 +100,8 @@ class _HevcBase(BlockCodec):
     min_size: ClassVar[int] = 16
 
     def __init__(self, preset: str = "medium", picture_hash: bool = False, threads: int | None = 1) -> None:
+        if preset not in X265_PRESETS:
+            raise CodecError(f"unknown x265 preset {preset!r} (one of {', '.join(X265_PRESETS)})")
         self.preset = preset
         self.picture_hash = picture_hash
         self.threads = threads
@@ -113,7 +118,6 @@ class _HevcBase(BlockCodec):
 class HevcCodec(_HevcBase):
     """HEVC intra with the libx265 bundled in PyAV, in-process (the default codec)."""
 
-    name: ClassVar[str] = "hevc"
     lossless: ClassVar[bool] = False
 
     def availability(self) -> tuple[bool, str | None]:
@@ -131,7 +135,6 @@ class HevcCodec(_HevcBase):
 class HevcLosslessCodec(HevcCodec):
     """HEVC lossless (transquant bypass): returns the quantised feature bit for bit."""
 
-    name: ClassVar[str] = "hevc-lossless"
     ladder: ClassVar[tuple[int, ...]] = (0,)
     paper_ladder: ClassVar[tuple[int, ...]] = (0,)
     qp_range: ClassVar[tuple[int, int]] = (0, 0)
@@ -141,8 +144,6 @@ class HevcLosslessCodec(HevcCodec):
 @register_codec("hevc-x265")
 class HevcX265CliCodec(_HevcBase):
     """HEVC intra with the ``x265`` command line (``$CFQA_X265`` or PATH), one process per picture."""
-
-    name: ClassVar[str] = "hevc-x265"
 
     def __init__(self, preset: str = "medium", picture_hash: bool = False, timeout: float = 600.0,
                  threads: int | None = 1) -> None:

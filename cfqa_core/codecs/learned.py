@@ -378,17 +378,35 @@ class LearnedCodec(FeatureCodec):
             raise CodecError(f"cannot unpack decoded frame: {exc}") from None
 
 
-def _register_shipped() -> None:
-    for codec_name, (variant, task) in SHIPPED.items():
-        kind = "mean-scale hyperprior" if variant == "meanscale" else "scale hyperprior"
-        trained = "features of all three tasks" if task == "multi" else f"{task} features"
-        cls = type(
-            "".join(p.capitalize() for p in codec_name.replace("-", "_").split("_")) + "Codec",
-            (LearnedCodec,),
-            {"name": codec_name, "__doc__": f"Learned {kind} codec trained on {trained}.", "__module__": __name__,
-             "tasks": None if task == "multi" else (task,)},
-        )
-        register_codec(codec_name)(cls)
+# The codecs shipped with the package (weights in WEIGHTS_DIR/<name>/), one registration each.
 
 
-_register_shipped()
+@register_codec("hyperprior-cls")
+class HyperpriorClsCodec(LearnedCodec):
+    """Learned scale hyperprior codec trained on cls features."""
+
+    tasks = ("cls",)
+
+
+@register_codec("hyperprior-seg")
+class HyperpriorSegCodec(LearnedCodec):
+    """Learned scale hyperprior codec trained on seg features."""
+
+    tasks = ("seg",)
+
+
+@register_codec("hyperprior-dpt")
+class HyperpriorDptCodec(LearnedCodec):
+    """Learned scale hyperprior codec trained on dpt features."""
+
+    tasks = ("dpt",)
+
+
+@register_codec("hyperprior-multi")
+class HyperpriorMultiCodec(LearnedCodec):
+    """Learned scale hyperprior codec trained on features of all three tasks."""
+
+
+@register_codec("mshyperprior-multi")
+class MshyperpriorMultiCodec(LearnedCodec):
+    """Learned mean-scale hyperprior codec trained on features of all three tasks."""

@@ -127,7 +127,6 @@ class _ReferenceCodec(BlockCodec):
 class HmCodec(_ReferenceCodec):
     """HM intra (encoder_intra_main_rext.cfg), 4:0:0, as the paper."""
 
-    name: ClassVar[str] = "hm"
     family: ClassVar[str] = "hevc"
     tool: ClassVar[str] = "HM"
     qp_range: ClassVar[tuple[int, int]] = (0, 51)
@@ -141,7 +140,6 @@ class HmCodec(_ReferenceCodec):
 class VtmCodec(_ReferenceCodec):
     """VTM intra (encoder_intra_vtm.cfg), 4:0:0, as the paper."""
 
-    name: ClassVar[str] = "vtm"
     family: ClassVar[str] = "vvc"
     tool: ClassVar[str] = "VTM"
     qp_range: ClassVar[tuple[int, int]] = (0, 63)

@@ -54,7 +54,6 @@ def decode_vvc(bitstream: bytes, width: int, height: int, bit_depth: int) -> np.
 class VvcCodec(BlockCodec):
     """VVC intra with vvenc (preset ``fast`` by default; ``medium`` is vvenc's own default)."""
 
-    name: ClassVar[str] = "vvc"
     family: ClassVar[str] = "vvc"
     qp_range: ClassVar[tuple[int, int]] = (0, 63)
     ladder: ClassVar[tuple[int, ...]] = VVC_OPERATING_LADDER

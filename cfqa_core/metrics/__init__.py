@@ -1,6 +1,7 @@
 """Full-reference quality metrics of a compressed feature f^ against its original f.
 
-numpy only (the edge imports this). Every metric is registered in ``METRICS``
+numpy only (the edge imports this). Every metric is registered in ``REGISTRY``
+(a :class:`~cfqa_core.registry.Registry`; ``METRICS`` is its live ``{name: spec}``)
 as a :class:`MetricSpec` with its direction (``higher_is_better``) and range;
 further metrics (e.g. a learned one) add themselves with :func:`register_metric`.
 
@@ -24,49 +25,48 @@ from cfqa_core.metrics.cosine import cosine, cosine_flat
 from cfqa_core.metrics.learned import learned
 from cfqa_core.metrics.proxy import proxy
 from cfqa_core.metrics.signal import mse, psnr
+from cfqa_core.registry import Registry
 
 __all__ = [
-    "METRICS", "MetricSpec", "MetricError", "register_metric", "get_metric", "metric_names",
+    "METRICS", "REGISTRY", "MetricSpec", "MetricError", "register_metric", "get_metric", "metric_names",
     "compute_metric", "compute_metrics",
 ]
 
-METRICS: dict[str, MetricSpec] = {}
+REGISTRY: Registry[MetricSpec] = Registry("metric", MetricError)
+METRICS: dict[str, MetricSpec] = REGISTRY.entries  # the live {name: spec} of the registry
 
 
-def register_metric(spec: MetricSpec) -> MetricSpec:
-    """Add ``spec`` to ``METRICS`` (ValueError if the name is taken)."""
-    if spec.name in METRICS:
-        raise ValueError(f"metric '{spec.name}' registered twice")
-    METRICS[spec.name] = spec
-    return spec
+def register_metric(spec: MetricSpec | str, fn: MetricFn | None = None, **options: Any) -> MetricSpec:
+    """Register a metric: a ready ``MetricSpec``, or a name, its function and keyword arguments.
+
+    ``register_metric("l1", l1, higher_is_better=False, range=(0.0, inf))``; the
+    options are those of :meth:`MetricSpec.of`. ValueError if the name is taken.
+    """
+    if not isinstance(spec, MetricSpec):
+        if fn is None:
+            raise TypeError(f"register_metric('{spec}', ...) needs the metric function")
+        spec = MetricSpec.of(spec, fn, **options)
+    return REGISTRY.register(spec.name)(spec)
 
 
-def _add(name: str, fn: MetricFn, higher_is_better: bool, range_: tuple[float, float] | None,
-         kwargs: tuple[str, ...] = (), min_ndim: int = 1) -> None:
-    doc = " ".join((fn.__doc__ or "").split("\n\n")[0].split())
-    register_metric(MetricSpec(name, fn, higher_is_better, range_, doc, kwargs, min_ndim))
+register_metric("mse", mse, higher_is_better=False, range=(0.0, float("inf")))
+register_metric("psnr", psnr, higher_is_better=True, kwargs=("value_range",))
+register_metric("cosine", cosine, higher_is_better=True, range=(-1.0, 1.0), min_ndim=2)
+register_metric("cosine_flat", cosine_flat, higher_is_better=True, range=(-1.0, 1.0))
+register_metric("cka", cka, higher_is_better=True, range=(0.0, 1.0), min_ndim=2)
+register_metric("cka_seed", cka_seed, higher_is_better=True, range=(0.0, 1.0), min_ndim=2)
+register_metric("learned", learned, higher_is_better=False, kwargs=("task",), min_ndim=2)
+register_metric("proxy", proxy, higher_is_better=False, kwargs=("task", "split"), min_ndim=2)
 
 
-_add("mse", mse, False, (0.0, float("inf")))
-_add("psnr", psnr, True, None, kwargs=("value_range",))
-_add("cosine", cosine, True, (-1.0, 1.0), min_ndim=2)
-_add("cosine_flat", cosine_flat, True, (-1.0, 1.0))
-_add("cka", cka, True, (0.0, 1.0), min_ndim=2)
-_add("cka_seed", cka_seed, True, (0.0, 1.0), min_ndim=2)
-_add("learned", learned, False, None, kwargs=("task",), min_ndim=2)
-_add("proxy", proxy, False, None, kwargs=("task", "split"), min_ndim=2)
-
-
-def metric_names() -> list[str]:
-    return sorted(METRICS)
+def metric_names(filter: str | None = None) -> list[str]:
+    """Sorted metric names, optionally those matching an fnmatch pattern (``"cka*"``)."""
+    return REGISTRY.names(filter)
 
 
 def get_metric(name: str) -> MetricSpec:
     """The spec registered as ``name`` (MetricError listing the known names otherwise)."""
-    try:
-        return METRICS[name]
-    except (KeyError, TypeError):
-        raise MetricError(f"unknown metric '{name}' (known: {', '.join(metric_names())})") from None
+    return REGISTRY.get(name)
 
 
 def _call(spec: MetricSpec, f: np.ndarray, fhat: np.ndarray, kw: dict[str, Any], item: str | None) -> float:

@@ -33,6 +33,14 @@ class MetricSpec:
     kwargs: tuple[str, ...] = ()
     min_ndim: int = 1  # token metrics need (tokens, channels) at least
 
+    @classmethod
+    def of(cls, name: str, fn: MetricFn, *, higher_is_better: bool, range: tuple[float, float] | None = None,
+           kwargs: tuple[str, ...] = (), min_ndim: int = 1, doc: str | None = None) -> MetricSpec:
+        """A spec from keyword arguments; ``doc`` defaults to the first paragraph of ``fn``'s docstring."""
+        if doc is None:
+            doc = " ".join((fn.__doc__ or "").split("\n\n")[0].split())
+        return cls(name, fn, higher_is_better, range, doc, tuple(kwargs), min_ndim)
+
 
 def _where(item: str | None) -> str:
     return f" for {item}" if item else ""

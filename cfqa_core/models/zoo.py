@@ -1,8 +1,9 @@
 """Model registry: the embedded default and user-supplied DINOv2 weights.
 
 ``load_model`` accepts
-- ``"embedded"`` — the small DINOv2-architecture model shipped with the
-  package (``cfqa_core/weights/embedded``);
+- a name registered in ``MODELS`` (a :class:`~cfqa_core.registry.Registry`;
+  ``model_names()`` lists them): ``"embedded"``, the small DINOv2-architecture
+  model shipped with the package (``cfqa_core/weights/embedded``);
 - a folder written by ``save_model`` (``model.safetensors`` + ``meta.json``);
 - a local Hugging Face ``Dinov2Model`` folder (``config.json`` + safetensors);
 - an official ``dinov2_vitX14*_pretrain.pth`` file.
@@ -12,6 +13,7 @@ split-consistency work on them until heads are trained for them.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from cfqa_core.errors import ModelError
@@ -24,6 +26,7 @@ from cfqa_core.models.checkpoint import (
 )
 from cfqa_core.models.dinov2 import DinoVisionTransformer
 from cfqa_core.models.split_model import ModelMeta, SplitModel
+from cfqa_core.registry import Registry
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 EMBEDDED_DIR = WEIGHTS_DIR / "embedded"
@@ -59,16 +62,31 @@ def _foreign(backbone: DinoVisionTransformer, name: str) -> SplitModel:
     return SplitModel(backbone, ModelMeta(name=name, config=backbone.cfg))
 
 
+MODELS: Registry[Callable[..., SplitModel]] = Registry("model", ModelError)
+
+
+@MODELS.register("embedded")
+def embedded() -> SplitModel:
+    """The small DINOv2-architecture model shipped with the package (``cfqa_core/weights/embedded``), eval mode."""
+    if not (EMBEDDED_DIR / _WEIGHTS_FILE).is_file():
+        raise ModelError(f"embedded weights missing at {EMBEDDED_DIR}; run 'cfqa train' to create them")
+    return _load_project_folder(EMBEDDED_DIR).eval()
+
+
+def model_names(filter: str | None = None) -> list[str]:
+    """Sorted names of the registered models, optionally those matching an fnmatch pattern."""
+    return MODELS.names(filter)
+
+
 def load_model(name_or_path: str | Path = "embedded") -> SplitModel:
-    """Load a model by name or local path (see module docstring); eval mode, CPU."""
+    """Load a model by registered name or local path (see module docstring); eval mode, CPU."""
     key = str(name_or_path)
-    if key == "embedded":
-        if not (EMBEDDED_DIR / _WEIGHTS_FILE).is_file():
-            raise ModelError(f"embedded weights missing at {EMBEDDED_DIR}; run 'cfqa train' to create them")
-        return _load_project_folder(EMBEDDED_DIR).eval()
+    if key in MODELS:
+        return MODELS.create(key).eval()
     path = Path(key)
     if not path.exists():
-        raise ModelError(f"unknown model '{key}': not 'embedded' and no such file or folder")
+        known = ", ".join(model_names())
+        raise ModelError(f"unknown model '{key}': no such file or folder, nor a registered model (known: {known})")
     if path.is_dir():
         if (path / _META_FILE).is_file():
             model = _load_project_folder(path)
@@ -83,4 +101,4 @@ def load_model(name_or_path: str | Path = "embedded") -> SplitModel:
     return model.eval()
 
 
-__all__ = ["load_model", "save_model", "infer_config", "EMBEDDED_DIR"]
+__all__ = ["MODELS", "load_model", "model_names", "save_model", "infer_config", "EMBEDDED_DIR"]

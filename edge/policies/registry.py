@@ -1,5 +1,8 @@
 """Policy registry: names -> constructors with validated keyword parameters.
 
+The names live in a :class:`~cfqa_core.registry.Registry` (``REGISTRY``;
+``POLICIES`` is its live ``{name: class}``).
+
 Each policy declares its parameters as a pydantic model (``Params``, extra
 keys forbidden), so scenario YAML and ``--policy-arg KEY=VALUE`` strings are
 checked and coerced the same way; an unknown or ill-typed parameter raises
@@ -13,6 +16,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cfqa_core.errors import PolicyError
+from cfqa_core.registry import Registry
 
 
 class PolicyParams(BaseModel):
@@ -21,21 +25,14 @@ class PolicyParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-POLICIES: dict[str, type] = {}
+REGISTRY: Registry[type] = Registry("policy", PolicyError)
+POLICIES: dict[str, type] = REGISTRY.entries  # the live {name: class} of the registry
 T = TypeVar("T", bound=type)
 
 
 def register_policy(name: str) -> Callable[[T], T]:
-    """Class decorator: register a policy class (with a ``Params`` model) under ``name``."""
-
-    def wrap(cls: T) -> T:
-        if name in POLICIES and POLICIES[name] is not cls:
-            raise ValueError(f"policy '{name}' registered twice")
-        cls.name = name
-        POLICIES[name] = cls
-        return cls
-
-    return wrap
+    """Class decorator: register a policy class (with a ``Params`` model) under ``name``, set as its ``name``."""
+    return REGISTRY.register(name)
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -59,11 +56,10 @@ def parse_params(name: str, params_cls: type[PolicyParams], params: dict[str, An
 
 def get_policy(name: str, **params: Any) -> Any:
     """A new instance of the policy registered as ``name`` (one per node: policies keep state)."""
-    if name not in POLICIES:
-        raise PolicyError(f"unknown policy '{name}' (known: {', '.join(sorted(POLICIES))})")
-    cls = POLICIES[name]
+    cls = REGISTRY.get(name)
     return cls(parse_params(name, cls.Params, params))
 
 
-def policy_names() -> list[str]:
-    return sorted(POLICIES)
+def policy_names(filter: str | None = None) -> list[str]:
+    """Sorted policy names, optionally those matching an fnmatch pattern (``"cfqa-*"``)."""
+    return REGISTRY.names(filter)
