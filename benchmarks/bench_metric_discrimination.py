@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--table", default=str(ROOT / "results" / "benchmark"))
     args = parser.parse_args()
     from cfqa_core.bench.protocol import expected_sign, run_protocol
-    from cfqa_edge.policies.table import load_frame, replay_arrays, tasks_and_codecs
+    from cfqa_sim.ratecontrol.replay import load_frame, replay_arrays, tasks_and_codecs
 
     frame = load_frame(args.table)
     _, cells = run_protocol(frame, list(METRICS))

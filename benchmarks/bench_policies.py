@@ -117,10 +117,10 @@ def live_edge_time(build: Path, task: str, frames: int) -> dict:
 
 
 def replay_overhead(images: int = 200) -> list[dict]:
+    import cfqa_sim.ratecontrol.oracle  # noqa: F401  (registers the offline-only oracle policy)
     from cfqa_edge.policies import as_decision, get_policy
     from cfqa_edge.policies.plan import PlanStep, RatePlan, RatePlans
-    from cfqa_edge.policies.replay import replay_context
-    from cfqa_edge.policies.table import replay_arrays
+    from cfqa_sim.ratecontrol.replay import replay_arrays, replay_context
     from tests.support.policy_frames import synthetic_frame
 
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ _MODULES: tuple[str, ...] = (
     "cfqa_edge.run_cmd",
     "cfqa_edge.export_cmd",
 )
-_TOP_LEVEL: tuple[str, ...] = ("cfqa_edge.features_cmd", "cfqa_edge.policies_cmd")
+_TOP_LEVEL: tuple[str, ...] = ("cfqa_edge.features_cmd",)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

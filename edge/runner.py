@@ -44,12 +44,17 @@ from cfqa_core.codecs.base import EncodedFeature, FeatureCodec, get_codec
 from cfqa_core.errors import CfqaError, DataError, PolicyError
 from cfqa_edge.backends import FeatureBackend
 from cfqa_edge.client import CloudClient, RetryPolicy, SendOutcome
+from cfqa_edge.frame import infer_request
 from cfqa_edge.spool import SpoolFull, SpoolItem, SpoolQueue
 from cfqa_proto import cfqa_v1_pb2 as pb
 from cfqa_proto.convert import load_codecs, payload_from_encoded, result_summary
 
 log = logging.getLogger("cfqa.edge")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
+# Policies that need what only a replay or a simulation knows; the simulator registers them, a device never runs them.
+OFFLINE_POLICIES: dict[str, str] = {
+    "oracle": "it needs ground truth (the cloud's output at every rate point), which a device does not have",
+}
 
 
 class RatePolicy(Protocol):
@@ -68,6 +73,9 @@ def build_policy(name: str, options: dict[str, Any]) -> RatePolicy:
     from cfqa_edge.policies.spec import parse_spec
 
     spec = parse_spec(name)
+    if spec.name in OFFLINE_POLICIES:
+        raise PolicyError(f"policy '{spec.name}' is offline-only: {OFFLINE_POLICIES[spec.name]}; "
+                          f"use it in 'cfqa run' scenarios or 'cfqa policies eval'")
     if spec.name not in EDGE_POLICIES:
         raise PolicyError(f"unknown policy '{spec.name}' (known: {', '.join(sorted(EDGE_POLICIES))})")
     return runner_factory(spec.name)({**spec.params, **options})
@@ -260,21 +268,21 @@ class EdgeRunner:
         t0 = time.perf_counter()
         feats = self.backend.features(image, cfg.tasks)
         t1 = time.perf_counter()
-        req = pb.InferRequest(node_id=cfg.node_id, frame_id=frame_id, model_id=info.name,
-                              model_version=cfg.model_version or info.version,
-                              split_block=self.backend.split, top_k=cfg.top_k)
-        req.capture_time.FromNanoseconds(capture_ns)
+        wire: list[pb.FeaturePayload] = []
         payloads: dict[str, Any] = {}
         for task in cfg.tasks:
             encoded, decision = self.policy.decide(feats[task], self.codec, task=task,
                                                    value_range=self.backend.value_range(task),
                                                    bit_depth=cfg.bit_depth, split=self.backend.split)
             metric = decision.get("metric")
-            req.payloads.append(payload_from_encoded(task, encoded, metric_score=metric,
-                                                     metric_name=str(decision.get("metric_name", ""))))
+            wire.append(payload_from_encoded(task, encoded, metric_score=metric,
+                                             metric_name=str(decision.get("metric_name", ""))))
             payloads[task] = {"codec": encoded.codec, "qp": int(encoded.rate_point), "bytes": encoded.nbytes,
                               "meta_bytes": encoded.meta_bytes, "bpfp": round(encoded.bpfp, 5),
                               "metric": metric, "policy": decision}
+        req = infer_request(wire, node_id=cfg.node_id, frame_id=frame_id, model_id=info.name,
+                            model_version=cfg.model_version or info.version, split_block=self.backend.split,
+                            top_k=cfg.top_k, capture_ns=capture_ns)
         t2 = time.perf_counter()
         record = {
             "frame_id": frame_id, "image": name, "node_id": cfg.node_id, "capture_ns": capture_ns,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
+import cfqa_sim.ratecontrol.oracle  # noqa: F401  (registers the offline-only oracle policy)
 from cfqa_edge.policies import get_policy
 from cfqa_sim.cloud import Cloud
 from cfqa_sim.link import Link, outage_process

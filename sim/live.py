@@ -4,13 +4,14 @@ The edge part of the model extracts the frame's feature, the policy's trial
 encodes are real bitstreams decoded and scored on the edge, and the chosen
 bitstream is sent over gRPC to a cloud server on loopback (started here
 unless the scenario names one), whose task output is scored against ground
-truth. SimPy keeps the clock: compute times come from the scenario's timing
-profile, not from wall clocks, so a run is reproducible while every byte and
-every task output is real. Measured wall times are kept for the report.
+truth. Trial encodes, their local scoring, the request and the reading of the
+answer are the edge's own per-frame functions (:mod:`cfqa_edge.frame`).
+SimPy keeps the clock: compute times come from the scenario's timing profile,
+not from wall clocks, so a run is reproducible while every byte and every task
+output is real. Measured wall times are kept for the report.
 """
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 
@@ -115,28 +116,24 @@ class LiveProvider(FrameOutcomeProvider):
 
     def encode(self, frame: FrameRef, codec: str, rate_point: int) -> EncodeOutcome:
         from cfqa_core.codecs import get_codec
-        from cfqa_core.metrics import compute_metrics
+        from cfqa_edge.frame import assess, trial_encode
 
         f = self._feature(frame.task, frame.image_index)
         c = get_codec(codec)
         vr = self._value_range(frame.task, f)
-        t0 = time.perf_counter()
-        enc = c.encode(f, rate_point, value_range=vr)
-        fhat = c.decode(enc).reshape(f.shape)
-        self.wall["encode_s"] += time.perf_counter() - t0
+        enc, encode_s = trial_encode(c, f, rate_point, value_range=vr)
+        scored = assess(c, enc, f, LIVE_METRICS, task=frame.task, value_range=vr)
+        self.wall["encode_s"] += encode_s + scored.decode_s
         self._encoded[(frame.node_id, frame.frame_idx, codec, rate_point)] = enc
-        flat = np.asarray(vr, dtype=float).reshape(-1, 2)
-        metrics = compute_metrics(list(LIVE_METRICS), f, fhat, task=frame.task,
-                                  value_range=(flat[:, 0].min(), flat[:, 1].max()))
         return EncodeOutcome(rate_point, enc.nbytes + enc.meta_bytes, self.timing.edge_encode_s[frame.task],
-                             metrics, 0.0)
+                             scored.metrics, 0.0)
 
     def infer(self, frame: FrameRef, codec: str, rate_point: int) -> InferOutcome:
         from cfqa_core.distortion import semantic_distortion
         from cfqa_core.fidelity import output_change
         from cfqa_core.inference import TaskOutput, task_score
-        from cfqa_proto import cfqa_v1_pb2 as pb
-        from cfqa_proto.convert import depth_from_png, mask_from_png, payload_from_encoded
+        from cfqa_edge.frame import infer_request, task_output_arrays
+        from cfqa_proto.convert import payload_from_encoded
 
         key = (frame.node_id, frame.frame_idx, codec, rate_point)
         enc = self._encoded.pop(key, None)
@@ -146,23 +143,15 @@ class LiveProvider(FrameOutcomeProvider):
         # Trial encodes of this frame at other rate points are not sent: free them.
         for k in [k for k in self._encoded if k[:2] == key[:2]]:
             del self._encoded[k]
-        req = pb.InferRequest(node_id=str(frame.node_id), frame_id=frame.frame_idx, model_id=self.model_name,
-                              split_block=self.model.depth, top_k=max(1, self.model.meta.cls_classes))
-        req.payloads.append(payload_from_encoded(frame.task, enc))
+        cls_classes = self.model.meta.cls_classes
+        req = infer_request([payload_from_encoded(frame.task, enc)], node_id=str(frame.node_id),
+                            frame_id=frame.frame_idx, model_id=self.model_name, split_block=self.model.depth,
+                            top_k=max(1, cls_classes))
         t0 = time.perf_counter()
         resp = self.client.infer(req)
         self.wall["rpc_s"] += time.perf_counter() - t0
         self.wall["frames"] += 1
-        result = resp.results[0]
-        if frame.task == "cls":
-            logits = np.full(self.model.meta.cls_classes, -math.inf)
-            for entry in result.top_k:
-                logits[entry.class_id - 1] = math.log(max(entry.score, 1e-30))
-            out = TaskOutput("cls", logits=logits)
-        elif frame.task == "seg":
-            out = TaskOutput("seg", mask=mask_from_png(result.mask_png))
-        else:
-            out = TaskOutput("dpt", depth=depth_from_png(result.depth_png))
+        out = TaskOutput(frame.task, **task_output_arrays(frame.task, resp.results[0], cls_classes))
         gt = self._gt(frame.task, frame.image_index)
         ref_score = self._reference[(frame.task, frame.image_index)]
         seg_classes = self.model.meta.seg_classes

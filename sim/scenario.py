@@ -469,7 +469,8 @@ def check_scenario(loaded: LoadedScenario) -> None:
 
 
 def check_policy(loaded: LoadedScenario, label: str, loc: tuple = ("policy",)) -> None:
-    """Raise ScenarioError if ``label`` does not build a policy (``cfqa_edge.policies`` registry)."""
+    """Raise ScenarioError if ``label`` does not build a policy (``cfqa_edge.policies`` registry, with the oracle)."""
+    import cfqa_sim.ratecontrol.oracle  # noqa: F401  (registers the offline-only oracle policy)
     from cfqa_edge.policies import get_policy
 
     spec = loaded.scenario.policy_spec(label)

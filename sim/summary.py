@@ -12,7 +12,7 @@ Definitions (per policy):
   per-frame correctness), ``seg_miou`` (mean of per-image mIoU), ``dpt_rmse``
   (mean of per-image RMSE, metres); ``*_uncompressed`` is the uncompressed
   model on the same frames; ``<task>_accuracy_drop`` is how much worse, in the
-  unit of :func:`cfqa_edge.policies.accuracy.accuracy_drop` (Cls/Seg points, Dpt %).
+  unit of :func:`cfqa_sim.ratecontrol.accuracy.accuracy_drop` (Cls/Seg points, Dpt %).
 - Equal-accuracy accounting (:mod:`cfqa_core.accounting`, the same as
   ``cfqa policies eval``): a captured frame *succeeds* when its result is back
   before the deadline and the cloud's output is within tolerance of the
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from cfqa_core.accounting import FrameLedger, compare, ledger
-from cfqa_edge.policies.accuracy import accuracy_drop
+from cfqa_sim.ratecontrol.accuracy import accuracy_drop
 from cfqa_sim.records import DROP_REASONS, DROPPED, LATE, OK, UNFINISHED
 from cfqa_sim.traces import MTU_BYTES
 

@@ -2,7 +2,7 @@
 
 The table is built by ``cfqa dataset build``; its columns are defined once in
 :mod:`cfqa_core.benchdata.schema` and its dense ``[image, rate point]``
-arrays per (task, codec) come from :func:`cfqa_edge.policies.table.replay_arrays`
+arrays per (task, codec) come from :func:`cfqa_sim.ratecontrol.replay.replay_arrays`
 (rate points in ladder order, ``rate_index`` 0 = highest quality). This
 module adds what the simulator needs on top: the bytes a frame puts on the
 link (bitstream + decode sidecar), a rate point -> column map, and one image
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cfqa_core.errors import CfqaError, ScenarioError
-from cfqa_edge.policies.table import ReplayArrays, load_frame, metric_columns, replay_arrays, tasks_and_codecs
+from cfqa_sim.ratecontrol.replay import ReplayArrays, load_frame, metric_columns, replay_arrays, tasks_and_codecs
 
 
 @dataclass

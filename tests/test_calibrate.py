@@ -9,10 +9,10 @@ import pytest
 
 from cfqa_core.errors import PolicyError
 from cfqa_edge.policies import as_decision, get_policy
-from cfqa_edge.policies.accuracy import accuracy, accuracy_drop
-from cfqa_edge.policies.calibration import calibrate, calibrate_arrays, load_calibration, threshold_choices
-from cfqa_edge.policies.replay import replay_context
-from cfqa_edge.policies.table import replay_arrays
+from cfqa_edge.policies.calibration import load_calibration
+from cfqa_sim.ratecontrol.accuracy import accuracy, accuracy_drop
+from cfqa_sim.ratecontrol.calibrate import calibrate, calibrate_arrays, threshold_choices
+from cfqa_sim.ratecontrol.replay import replay_arrays, replay_context
 from tests.support.policy_frames import synthetic_frame
 
 CUTOFF = 0.999

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+import cfqa_sim.ratecontrol.oracle  # noqa: F401  (registers the offline-only oracle policy)
 from cfqa_core.errors import PolicyError
 from cfqa_core.fidelity import within_tolerance
 from cfqa_edge.policies import (
@@ -16,8 +17,7 @@ from cfqa_edge.policies import (
     get_policy,
     policy_names,
 )
-from cfqa_edge.policies.replay import replay_context
-from cfqa_edge.policies.table import replay_arrays
+from cfqa_sim.ratecontrol.replay import replay_arrays, replay_context
 from tests.support.policy_frames import QPS, synthetic_frame
 
 

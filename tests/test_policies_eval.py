@@ -9,8 +9,8 @@ import pytest
 from cfqa_core.accounting import matched_fixed_rung, oracle_rungs
 from cfqa_core.errors import DataError, PolicyError
 from cfqa_edge.policies.spec import parse_spec
-from cfqa_edge.policies.table import replay_arrays
 from cfqa_sim.ratecontrol.evaluate import EvalConfig, evaluate, flat_results, halves, headline
+from cfqa_sim.ratecontrol.replay import replay_arrays
 from tests.support.policy_frames import synthetic_frame
 
 POLICIES = ("fixed-matched", "cfqa-target", "hybrid", "bandwidth", "oracle")

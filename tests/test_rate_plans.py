@@ -10,9 +10,8 @@ from cfqa_core.errors import PolicyError
 from cfqa_edge.policies import get_policy
 from cfqa_edge.policies.api import as_decision
 from cfqa_edge.policies.plan import DEFAULT_PLANS, PlanStep, RatePlan, RatePlans
-from cfqa_edge.policies.replay import replay_context
-from cfqa_edge.policies.table import replay_arrays
 from cfqa_sim.ratecontrol.fit import fit_plan, plan_outcome
+from cfqa_sim.ratecontrol.replay import replay_arrays, replay_context
 from tests.support.policy_frames import synthetic_frame
 
 

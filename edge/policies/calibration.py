@@ -1,16 +1,18 @@
-"""Learn metric thresholds that keep a task's accuracy within a tolerance.
+"""Calibration files: metric thresholds that keep a task's accuracy within a tolerance, read at the edge.
 
 For a threshold ``t`` on a metric, a CFQA-guided edge sends each image at the
 cheapest rate point of the ladder whose metric meets ``t`` (the highest
-quality when none does). Replaying that rule over the benchmark table gives
-the accuracy drop ``drop(t)`` (units in :mod:`cfqa_edge.policies.accuracy`).
-Candidate thresholds are the metric values in the table (the choice only
-changes there), ordered from strict to loose, after the virtual strictest
-one "every image at the best rate".
+quality when none does). A calibration file (written offline by ``cfqa
+calibrate``, :mod:`cfqa_sim.ratecontrol.calibrate`) stores, per task and
+codec, every candidate threshold from strict to loose with the accuracy drop
+``drop(t)`` its replay gave, so that any tolerance can be resolved here
+(``target_accuracy_drop`` of the policies), plus the headline threshold for the
+tolerance it was made with. When even the best rate point drops more than the
+tolerance the target is *unreachable*: ``threshold`` is null.
 
 ``drop(t)`` is noisy (a few images flip back and forth between rate points),
 so the loosest acceptable threshold is chosen by a *rule* on the sequence of
-drops (:func:`select_loosest`, also used to pick fixed QPs):
+drops (:func:`select_loosest`):
 
 - ``isotonic`` (default): the loosest ``t`` whose drop, fitted as a
   non-decreasing function of looseness (pool-adjacent-violators), is within
@@ -20,11 +22,8 @@ drops (:func:`select_loosest`, also used to pick fixed QPs):
 - ``loosest``: the loosest ``t`` whose own drop is within the tolerance (the
   analogue of "the largest fixed QP within tolerance"; fits noise).
 
-A calibration file stores, per task and codec, every candidate with its drop
-so that any tolerance can be resolved later (``target_accuracy_drop`` of the
-policies), plus the headline threshold for the tolerance it was made with.
-When even the best rate point drops more than the tolerance the target is
-*unreachable*: ``threshold`` is null.
+Drops are in the units of :mod:`cfqa_sim.ratecontrol.accuracy` (labels:
+:data:`DROP_UNIT`).
 """
 from __future__ import annotations
 
@@ -35,22 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cfqa_core.errors import DataError, PolicyError
-from cfqa_edge.policies.accuracy import DROP_UNIT, accuracy, accuracy_drop
-from cfqa_edge.policies.table import ReplayArrays
+from cfqa_core.errors import PolicyError
 
 FORMAT = "cfqa-calibration/1"
 RULES = ("isotonic", "monotone", "loosest")
+DROP_UNIT = {"cls": "top-1 points", "seg": "mIoU points", "dpt": "% RMSE"}  # of each task's accuracy drop
 _SLACK = 1e-9  # float round-off of drops computed from means
-
-
-def threshold_choices(values: np.ndarray, threshold: float, higher_is_better: bool) -> np.ndarray:
-    """Per image, the ladder index of the cheapest rate point meeting ``threshold`` (0 if none)."""
-    ok = values >= threshold if higher_is_better else values <= threshold
-    ok &= ~np.isnan(values)
-    n_r = values.shape[1]
-    last = n_r - 1 - np.argmax(ok[:, ::-1], axis=1)
-    return np.where(ok.any(axis=1), last, 0)
 
 
 def isotonic_increasing(y: np.ndarray) -> np.ndarray:
@@ -121,34 +110,6 @@ class CalibrationCurve:
         return out
 
 
-def calibrate_arrays(arr: ReplayArrays, metric: str, higher_is_better: bool,
-                     rows: np.ndarray | None = None, rule: str = "isotonic") -> CalibrationCurve:
-    """The calibration curve of ``metric`` on ``arr`` (optionally only image ``rows``)."""
-    if rule not in RULES:
-        raise PolicyError(f"unknown calibration rule '{rule}' (known: {', '.join(RULES)})")
-    if rows is not None:
-        arr = arr.subset(np.asarray(rows))
-    if arr.n_images == 0:
-        raise DataError(f"calibration of {arr.task}/{arr.codec}: no images")
-    values = arr.metric(metric)
-    task = arr.task
-    idx = np.arange(arr.n_images)
-    cand = np.unique(values[np.isfinite(values)])
-    cand = cand[::-1] if higher_is_better else cand  # strict -> loose
-    curve = CalibrationCurve(task, arr.codec, metric, higher_is_better, arr.n_images,
-                             accuracy(task, arr.ref_score),
-                             accuracy_drop(task, arr.task_score[:, 0], arr.ref_score), rule,
-                             rate_points=list(arr.rate_points),
-                             metric_median=[float(v) for v in np.nanmedian(values, axis=0)],
-                             bytes_median=[float(v) for v in np.median(arr.bytes, axis=0)])
-    for t in cand:
-        choice = threshold_choices(values, float(t), higher_is_better)
-        curve.thresholds.append(float(t))
-        curve.drops.append(accuracy_drop(task, arr.task_score[idx, choice], arr.ref_score))
-        curve.mean_bytes.append(float(arr.bytes[idx, choice].mean()))
-    return curve
-
-
 def _finite_or_none(obj):
     """JSON has no inf/NaN: non-finite floats become null (read back as NaN)."""
     if isinstance(obj, dict):
@@ -206,29 +167,6 @@ class Calibration:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n")
-
-
-def calibrate(frame, metric: str, tasks: list[str] | None = None, codecs: list[str] | None = None,
-              tolerance: float = 1.0, higher_is_better: bool | None = None, source: str = "",
-              rule: str = "isotonic") -> Calibration:
-    """Calibrate ``metric`` on a benchmark table (pandas) for the given tasks and codecs."""
-    from cfqa_edge.policies.table import metric_columns, replay_arrays, tasks_and_codecs
-    from cfqa_edge.policies.targets import metric_direction
-
-    if tolerance < 0 or not math.isfinite(tolerance):
-        raise PolicyError(f"tolerance must be a finite number >= 0, got {tolerance}")
-    if metric not in metric_columns(frame):
-        raise DataError(f"benchmark table has no metric column '{metric}' (has: {', '.join(metric_columns(frame))})")
-    hib, _ = metric_direction(metric, higher_is_better)
-    present = tasks_and_codecs(frame)
-    curves: dict[str, dict[str, CalibrationCurve]] = {}
-    for task in tasks or sorted(present):
-        if task not in present:
-            raise DataError(f"benchmark table has no task '{task}' (has: {', '.join(present)})")
-        for codec in codecs or present[task]:
-            curves.setdefault(task, {})[codec] = calibrate_arrays(replay_arrays(frame, task, codec), metric, hib,
-                                                                   rule=rule)
-    return Calibration(metric, hib, float(tolerance), curves, source)
 
 
 def load_calibration(path: str | Path) -> Calibration:

@@ -2,7 +2,8 @@
 
 :class:`LiveContext` is a :class:`~cfqa_edge.policies.api.PolicyContext` whose trial
 encodes run the real codec (``cfqa_core.codecs``), whose assessments decode
-locally and score with ``cfqa_core.metrics``, with measured times, and which
+locally and score with ``cfqa_core.metrics``, with measured times (the edge's
+per-frame functions, :mod:`cfqa_edge.frame`), and which
 keeps every :class:`~cfqa_core.codecs.base.EncodedFeature` so that the chosen
 bitstream is exactly what gets sent (:meth:`LiveContext.chosen`).
 
@@ -12,7 +13,6 @@ bitstream is exactly what gets sent (:meth:`LiveContext.chosen`).
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,13 +20,8 @@ import numpy as np
 
 from cfqa_core.codecs.base import EncodedFeature, FeatureCodec
 from cfqa_core.errors import PolicyError
+from cfqa_edge.frame import assess, trial_encode
 from cfqa_edge.policies.api import Decision, EncodeOutcome, PolicyContext, as_decision
-
-
-def metric_value_range(value_range: Any) -> tuple[float, float]:
-    """One (lo, hi) for the metrics from a codec value range (a pair or per-slice pairs)."""
-    vr = np.asarray(value_range, dtype=np.float64).reshape(-1, 2)
-    return float(vr[:, 0].min()), float(vr[:, 1].max())
 
 
 class LiveContext(PolicyContext):
@@ -75,22 +70,15 @@ class LiveContext(PolicyContext):
                 get_metric(name)  # unknown metric: fail before any encode
 
     def _real_encode(self, rate_point: int) -> EncodeOutcome:
-        t0 = time.perf_counter()
-        enc = self.codec_impl.encode(self.feature, rate_point, value_range=self.value_range, bit_depth=self.bit_depth)
-        seconds = time.perf_counter() - t0
+        enc, seconds = trial_encode(self.codec_impl, self.feature, rate_point, value_range=self.value_range,
+                                    bit_depth=self.bit_depth)
         self.bitstreams[rate_point] = enc
         return EncodeOutcome(rate_point, enc.nbytes + enc.meta_bytes, seconds, {})
 
     def _assess(self, out: EncodeOutcome) -> tuple[EncodeOutcome, float]:
-        from cfqa_core.metrics import compute_metrics
-
-        t0 = time.perf_counter()
-        fhat = self.codec_impl.decode(self.bitstreams[out.rate_point]).reshape(self.feature.shape)
-        t1 = time.perf_counter()
-        scores = compute_metrics(self.metric_names, self.feature, fhat, task=self.task, split=self.split,
-                                 value_range=metric_value_range(self.value_range)) if self.metric_names else {}
-        t2 = time.perf_counter()
-        return out._replace(metrics=scores, decode_s=t1 - t0), t2 - t0
+        a = assess(self.codec_impl, self.bitstreams[out.rate_point], self.feature, self.metric_names,
+                   task=self.task, value_range=self.value_range, split=self.split)
+        return out._replace(metrics=a.metrics, decode_s=a.decode_s), a.seconds
 
     def chosen(self, decision: Decision) -> EncodedFeature:
         """The encoded feature of the decision's rate point (the bitstream to send)."""

@@ -15,7 +15,7 @@ Protocol (per task and codec):
   fixed** (the cheapest single rung reaching the target success rate on the
   calibration half) with a paired bootstrap interval over images.
 - **Policies** run through the real policy code on replayed encodes
-  (:func:`cfqa_edge.policies.replay.replay_context`): ``cfqa-target`` and
+  (:func:`cfqa_sim.ratecontrol.replay.replay_context`): ``cfqa-target`` and
   ``hybrid`` with the rate plan fitted on the calibration half
   (:mod:`cfqa_sim.ratecontrol.fit`, for the same link and deadline), ``bandwidth`` with its own link budget;
   ``oracle`` is the per-image cheapest rung within tolerance (a bound).
@@ -37,16 +37,23 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+import cfqa_sim.ratecontrol.oracle  # noqa: F401  (registers the offline-only oracle policy)
 from cfqa_core.accounting import DEFAULT_TARGET_SUCCESS, FrameLedger, compare, matched_fixed_rung, oracle_rungs
 from cfqa_core.errors import DataError, PolicyError
 from cfqa_core.fidelity import DEFAULT_TOLERANCE, TOLERANCE_UNITS, within_tolerance
 from cfqa_edge.policies.api import as_decision
 from cfqa_edge.policies.plan import RatePlans
 from cfqa_edge.policies.registry import POLICIES, get_policy
-from cfqa_edge.policies.replay import replay_context
 from cfqa_edge.policies.spec import PolicySpec, parse_spec
-from cfqa_edge.policies.table import ReplayArrays, load_frame, metric_columns, replay_arrays, tasks_and_codecs
 from cfqa_sim.ratecontrol.fit import Deadline, fit_plan
+from cfqa_sim.ratecontrol.replay import (
+    ReplayArrays,
+    load_frame,
+    metric_columns,
+    replay_arrays,
+    replay_context,
+    tasks_and_codecs,
+)
 from cfqa_sim.ratecontrol.shipped import calibration_images, evaluation_images
 
 MATCHED = "fixed-matched"

@@ -13,8 +13,8 @@ import numpy as np
 
 from cfqa_core.accounting import DEFAULT_TARGET_SUCCESS
 from cfqa_edge.policies.plan import RatePlans
-from cfqa_edge.policies.table import load_frame, replay_arrays, tasks_and_codecs
 from cfqa_sim.ratecontrol.fit import fit_plan
+from cfqa_sim.ratecontrol.replay import load_frame, replay_arrays, tasks_and_codecs
 
 
 def calibration_images(n: int) -> np.ndarray:

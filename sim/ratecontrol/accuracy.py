@@ -15,14 +15,14 @@ means ``accuracy_drop <= 1.0`` in that unit.
 
 Rate control is judged on output fidelity instead (:mod:`cfqa_core.fidelity`,
 :mod:`cfqa_core.accounting`); accuracy against ground truth is reported beside it.
+Offline only (it needs ground truth); the units' labels, which calibration files
+record, are :data:`cfqa_edge.policies.calibration.DROP_UNIT`.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from cfqa_core.tasks import get_task
-
-DROP_UNIT = {"cls": "top-1 points", "seg": "mIoU points", "dpt": "% RMSE"}
 
 
 def accuracy(task: str, scores: np.ndarray) -> float:

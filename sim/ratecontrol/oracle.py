@@ -1,8 +1,8 @@
 """``oracle``: the lowest rate whose task output is unchanged -- a bound, not a deployable policy.
 
 It knows how far the cloud's output moves from the uncompressed output at
-each rate point (:mod:`cfqa_core.fidelity`; the task heads run at the edge,
-or the benchmark table says): scanning from the lowest quality upwards, it
+each rate point (:mod:`cfqa_core.fidelity`; the benchmark table says, or
+the simulator's live mode asks the cloud): scanning from the lowest quality upwards, it
 sends the first rate point whose output change is within ``tolerance``
 (default: the task's output tolerance -- cls: same top-1; seg: <= 2 % of
 pixels relabelled; dpt: RMSE <= 2 % of the mean depth). It never prefers a
@@ -11,6 +11,11 @@ truth. When no rate point is within tolerance it sends the least changed
 one (ties: the cheaper) and says so. Needs a context that can judge
 (``ctx.judge``). Its decision's ``metric`` is the output change at the
 chosen rate point.
+
+Offline only: the simulator (replay and live modes) and ``cfqa policies eval``
+import this module, which registers ``oracle`` in :mod:`cfqa_edge.policies`;
+the edge runtime never does and refuses the name
+(:data:`cfqa_edge.runner.OFFLINE_POLICIES`).
 """
 from __future__ import annotations
 
