@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     cloud = Child("cloud", py + ["cloud", "serve", "--port", str(port), "--model", model, "--torch-threads", "1",
                                  "--server-id", "chaos-cloud"], logdir, env)
     edge = Child("edge", py + ["edge", "run", "--cloud", f"127.0.0.1:{port}", "--images", str(image_dir),
-                               "--policy", "fixed", "--qp", "10", "--codec", "hevc", "--task", "cls",
+                               "--policy", "fixed", "--rate-point", "10", "--codec", "hevc", "--task", "cls",
                                "--split", "4", "--model", model, "--threads", "1", "--out", str(out),
                                "--node-id", "chaos-edge", "--timeout", "5", "--retry-max", "1",
                                "--max-age", "900", "--no-progress"], logdir, env)

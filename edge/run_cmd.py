@@ -57,7 +57,8 @@ def register(esub: argparse._SubParsersAction) -> None:
                    help="cloud replica (repeatable: round-robin over all)")
     p.add_argument("--images", required=True, help="folder of images (sent in name order)")
     p.add_argument("--policy", default="fixed", help="rate-control policy (default: fixed)")
-    p.add_argument("--qp", type=int, default=None, help="QP of the fixed policy")
+    p.add_argument("--rate-point", "--qp", dest="rate_point", type=int, default=None,
+                   help="rate point of the fixed policy (the QP of block codecs)")
     p.add_argument("--policy-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="extra option of the policy (repeatable)")
     p.add_argument("--codec", default="hevc")
@@ -104,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
     from cfqa_edge.runner import EdgeRunner, RunConfig, build_policy, list_images
 
     images = list_images(args.images)
-    options = {"qp": args.qp, **dict(args.policy_arg)}
+    options = {"rate_point": args.rate_point, **dict(args.policy_arg)}
     policy = build_policy(args.policy, options)
     backend = make_backend(args.backend, model=args.model, split=args.split, onnx_dir=args.onnx_dir,
                            threads=args.threads, providers=args.onnx_provider)

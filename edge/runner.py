@@ -20,7 +20,7 @@ keys ``metric`` (float) and ``metric_name`` are sent to the cloud as the
 payload's quality score, and the whole record lands in the frame's output
 line under ``payloads.<task>.policy``. :func:`build_policy` builds any policy
 of :mod:`cfqa_edge.policies` (the one rate-control system) from its name and
-parameters (``fixed`` with ``--qp``, ``cfqa-target`` with the shipped rate
+parameters (``fixed`` with ``--rate-point``, ``cfqa-target`` with the shipped rate
 plans, ...).
 """
 from __future__ import annotations
@@ -277,7 +277,7 @@ class EdgeRunner:
             metric = decision.get("metric")
             wire.append(payload_from_encoded(task, encoded, metric_score=metric,
                                              metric_name=str(decision.get("metric_name", ""))))
-            payloads[task] = {"codec": encoded.codec, "qp": int(encoded.rate_point), "bytes": encoded.nbytes,
+            payloads[task] = {"codec": encoded.codec, "rate_point": int(encoded.rate_point), "bytes": encoded.nbytes,
                               "meta_bytes": encoded.meta_bytes, "bpfp": round(encoded.bpfp, 5),
                               "metric": metric, "policy": decision}
         req = infer_request(wire, node_id=cfg.node_id, frame_id=frame_id, model_id=info.name,
@@ -289,7 +289,7 @@ class EdgeRunner:
             "split": self.backend.split, "backend": self.backend.name, "policy": self.policy.name,
             "tasks": list(cfg.tasks), "payloads": payloads,
             "bytes": sum(p["bytes"] for p in payloads.values()), "wire_bytes": req.ByteSize(),
-            "qp": {t: p["qp"] for t, p in payloads.items()},
+            "rate_point": {t: p["rate_point"] for t, p in payloads.items()},
             "metric": {t: p["metric"] for t, p in payloads.items()},
             "latency_ms": {"extract": round(1e3 * (t1 - t0), 3), "encode": round(1e3 * (t2 - t1), 3)},
         }

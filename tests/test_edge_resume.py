@@ -41,7 +41,7 @@ def _runner(backend, target: str, spool: Path, **kw) -> EdgeRunner:
     cfg = dict(cloud=[target], tasks=("cls",), progress=False, retry=FAST_RETRY, senders=2, memory_items=2,
                spool_dir=spool, node_id="edge-test")
     cfg.update(kw)
-    return EdgeRunner(RunConfig(**cfg), backend, build_policy("fixed", {"qp": 12}))
+    return EdgeRunner(RunConfig(**cfg), backend, build_policy("fixed", {"rate_point": 12}))
 
 
 def _records(out: Path) -> list[dict]:

@@ -68,7 +68,7 @@ def test_every_frame_delivered_with_its_record(engine, backend, images, tmp_path
     try:
         out = tmp_path / "frames.jsonl"
         runner = EdgeRunner(_config([f"127.0.0.1:{srv.port}"], tasks=("cls", "seg")), backend,
-                            build_policy("fixed", {"qp": 10}))
+                            build_policy("fixed", {"rate_point": 10}))
         summary = runner.run(images, out)
     finally:
         srv.stop(0).wait()
@@ -80,7 +80,7 @@ def test_every_frame_delivered_with_its_record(engine, backend, images, tmp_path
     codec = codecs.get_codec("hevc")
     for rec in lines:
         assert rec["status"] == "delivered" and rec["code"] == "OK" and rec["server_id"] == "only"
-        assert rec["qp"] == {"cls": 10, "seg": 10}
+        assert rec["rate_point"] == {"cls": 10, "seg": 10}
         # The bytes reported are the bytes of the bitstream the codec makes for this image.
         feats = backend.features(load_image(images[[p.name for p in images].index(rec["image"])]), ("cls", "seg"))
         for task in ("cls", "seg"):
@@ -99,7 +99,7 @@ def test_round_robin_over_two_replicas(engine, backend, images, tmp_path) -> Non
     out = tmp_path / "frames.jsonl"
     try:
         runner = EdgeRunner(_config([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"], senders=1),
-                            backend, build_policy("fixed", {"qp": 20}))
+                            backend, build_policy("fixed", {"rate_point": 20}))
         summary = runner.run(images, out)
     finally:
         a.stop(0).wait()
@@ -114,7 +114,7 @@ def test_round_robin_over_two_replicas(engine, backend, images, tmp_path) -> Non
 def test_cloud_down_then_up_delivers_everything(engine, backend, images, tmp_path) -> None:
     port = free_port()
     config = _config([f"127.0.0.1:{port}"], memory_items=1, spool_dir=tmp_path / "spool", senders=1)
-    runner = EdgeRunner(config, backend, build_policy("fixed", {"qp": 16}))
+    runner = EdgeRunner(config, backend, build_policy("fixed", {"rate_point": 16}))
     out = tmp_path / "frames.jsonl"
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault("summary", runner.run(images, out)))
@@ -141,7 +141,7 @@ def test_permanent_error_drops_with_reason(engine, backend, images) -> None:
     srv = _server(engine)
     try:
         runner = EdgeRunner(_config([f"127.0.0.1:{srv.port}"], model_version="no-such-version"),
-                            backend, build_policy("fixed", {"qp": 10}))
+                            backend, build_policy("fixed", {"rate_point": 10}))
         summary = runner.run(images[:3])
     finally:
         srv.stop(0).wait()
@@ -152,7 +152,7 @@ def test_permanent_error_drops_with_reason(engine, backend, images) -> None:
 def test_unreachable_cloud_frames_expire_with_reason(backend, images, tmp_path) -> None:
     out = tmp_path / "frames.jsonl"
     runner = EdgeRunner(_config([f"127.0.0.1:{free_port()}"], max_age_s=1.0), backend,
-                        build_policy("fixed", {"qp": 10}))
+                        build_policy("fixed", {"rate_point": 10}))
     start = time.monotonic()
     summary = runner.run(images[:3], out)
     assert time.monotonic() - start < 60
@@ -185,7 +185,7 @@ def test_policy_seam_sends_the_metric(backend, images) -> None:
         build_policy("no-such-policy", {})
     with pytest.raises(PolicyError, match="unknown parameter 'bogus'"):
         build_policy("fixed:bogus=1", {})
-    assert build_policy("fixed:qp=20", {}).params == {"qp": "20"}
+    assert build_policy("fixed:rate_point=20", {}).params == {"rate_point": "20"}
 
 
 def test_cli_edge_run(engine, spec, images, tmp_path, capsys) -> None:
@@ -207,7 +207,7 @@ def test_cli_edge_run(engine, spec, images, tmp_path, capsys) -> None:
     assert sorted(r["status"] for r in lines) == ["delivered"] * 3 + ["dropped"]
     broken = next(r for r in lines if r["image"] == "zz_broken.png")
     assert "cannot read image" in broken["reason"]
-    assert all(r["qp"] == {"cls": 12, "dpt": 12} for r in lines if r["status"] == "delivered")
+    assert all(r["rate_point"] == {"cls": 12, "dpt": 12} for r in lines if r["status"] == "delivered")
     assert json.loads(capsys.readouterr().err.strip().splitlines()[-1])["summary"]["delivered"] == 3
     assert cli_main(["edge", "run", "--cloud", "127.0.0.1:1", "--images", str(folder),
                      "--policy", "nope", "--model", spec]) == 2

@@ -80,7 +80,7 @@ def test_threshold_outside_the_metric_range_is_a_policy_error():
 def test_params_from_strings_are_coerced():
     p = get_policy("cfqa-target", threshold="0.995", max_encodes="3", search="bisect")
     assert p.params.threshold == 0.995 and p.params.max_encodes == 3
-    assert get_policy("fixed", qp="14").rate_point(QPS) == 14
+    assert get_policy("fixed", rate_point="14").rate_point(QPS) == 14
 
 
 # ---- the context -----------------------------------------------------------------------------
@@ -295,14 +295,14 @@ def test_runner_adapter_and_registration():
     from cfqa_edge.policies.live import RunnerPolicy, runner_factory
 
     assert not hasattr(runner, "POLICIES")  # one rate-control system: cfqa_edge.policies
-    adapter = runner.build_policy("cfqa-target", {"qp": None, "threshold": "0.99", "search": "bisect"})
+    adapter = runner.build_policy("cfqa-target", {"rate_point": None, "threshold": "0.99", "search": "bisect"})
     assert isinstance(adapter, RunnerPolicy)
     feature, vr = _feature()
     enc, record = adapter.decide(feature, get_codec("hevc"), task="cls", value_range=vr, bit_depth=10)
-    assert record["qp"] == enc.rate_point and record["metric_name"] == "cosine" and record["metric"] >= 0.99
+    assert record["rate_point"] == enc.rate_point and record["metric_name"] == "cosine" and record["metric"] >= 0.99
     assert record["met_target"] is True and record["encodes"] >= 1
-    with pytest.raises(PolicyError, match="--qp is a parameter of the fixed policy"):
-        runner_factory("cfqa-target")({"qp": 12, "threshold": "0.99"})
+    with pytest.raises(PolicyError, match="--rate-point is a parameter of the fixed policy"):
+        runner_factory("cfqa-target")({"rate_point": 12, "threshold": "0.99"})
     with pytest.raises(PolicyError, match="unknown parameter 'treshold'"):
         runner_factory("cfqa-target")({"treshold": "0.99"})
 

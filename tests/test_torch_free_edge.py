@@ -93,7 +93,7 @@ def test_edge_runs_onnx_against_cloud(edge_venv, tmp_path) -> None:
     for rec in lines:
         assert rec["status"] == "delivered" and rec["backend"] == "onnx" and rec["split"] == SPLIT
         assert rec["cloud"]["model_version"] == str(model.meta.version)
-        assert rec["payloads"]["cls"]["bytes"] > 0 and rec["qp"] == {"cls": 10, "seg": 10}
+        assert rec["payloads"]["cls"]["bytes"] > 0 and rec["rate_point"] == {"cls": 10, "seg": 10}
         cls, seg = rec["cloud"]["results"]
         assert len(cls["top_k"]) == 5 and seg["mask"]["width"] == model.image_size
     assert json.loads(run.stderr.strip().splitlines()[-1])["summary"]["delivered"] == len(images)

@@ -6,8 +6,11 @@
                 calibrated task accuracy)
 ``bandwidth``   the highest quality the link carries before the deadline
 ``hybrid``      ``cfqa-target`` capped by the link budget
-``oracle``      the lowest rate with an unchanged task output (a bound)
 ==============  =============================================================
+
+The ``oracle`` (the lowest rate with an unchanged task output, a bound) needs
+ground truth a device does not have: it is registered offline, by
+:mod:`cfqa_sim.ratecontrol.oracle`, for scenarios and ``cfqa policies eval``.
 
 ``get_policy(name, **params)`` returns a new instance (one per node); the
 interface types live in :mod:`cfqa_edge.policies.api`, the live context (real

@@ -7,6 +7,8 @@ frame's real size and encodes again (every encode counted, up to ``max_encodes``
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 from cfqa_edge.policies.api import Decision, PolicyContext
 from cfqa_edge.policies.link import LinkParams, make_planner
 from cfqa_edge.policies.registry import register_policy
@@ -17,7 +19,7 @@ class BandwidthPolicy:
     """ABR-style: the highest quality the throughput estimate carries in the time left."""
 
     Params = LinkParams
-    name = "bandwidth"
+    name: ClassVar[str]  # set by register_policy
 
     def __init__(self, params: LinkParams) -> None:
         self.params = params

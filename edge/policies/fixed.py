@@ -10,6 +10,7 @@ calibration images -- the baseline every saving is measured against.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 from pydantic import model_validator
 
@@ -20,7 +21,6 @@ from cfqa_edge.policies.registry import PolicyParams, register_policy
 
 class FixedParams(PolicyParams):
     rate_point: int | None = None  # a rate point of the ladder (a QP for block codecs)
-    qp: int | None = None          # alias of rate_point (the edge client's --qp)
     index: int = 0                 # ladder position when no rate point is given (0 = best, -1 = lowest)
     metric: str | None = None      # a metric to compute and report (not to steer by)
     matched: bool = False          # the rate plans' matched fixed rung per task and codec
@@ -28,10 +28,8 @@ class FixedParams(PolicyParams):
 
     @model_validator(mode="after")
     def _one_rate(self) -> FixedParams:
-        if self.rate_point is not None and self.qp is not None and self.rate_point != self.qp:
-            raise ValueError("give rate_point or qp, not both")
-        if self.matched and (self.rate_point is not None or self.qp is not None):
-            raise ValueError("matched takes the rung from the rate plans: give no rate_point or qp")
+        if self.matched and self.rate_point is not None:
+            raise ValueError("matched takes the rung from the rate plans: give no rate_point")
         return self
 
 
@@ -40,7 +38,7 @@ class FixedPolicy:
     """Always the same rate point."""
 
     Params = FixedParams
-    name = "fixed"
+    name: ClassVar[str]  # set by register_policy
 
     def __init__(self, params: FixedParams | None = None) -> None:
         self.params = params or FixedParams()
@@ -59,9 +57,8 @@ class FixedPolicy:
 
     def rate_point(self, ladder: tuple[int, ...]) -> int:
         p = self.params
-        rp = p.rate_point if p.rate_point is not None else p.qp
-        if rp is not None:
-            return rp
+        if p.rate_point is not None:
+            return p.rate_point
         if not -len(ladder) <= p.index < len(ladder):
             raise PolicyError(f"fixed: index {p.index} outside the ladder {ladder}")
         return ladder[p.index]

@@ -8,6 +8,7 @@ reason ("link budget ..."). Without a throughput estimate it is plain ``cfqa-tar
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import ClassVar
 
 from pydantic import Field
 
@@ -27,7 +28,7 @@ class HybridPolicy(CfqaTargetPolicy):
     """The CFQA target within the link budget."""
 
     Params = HybridParams
-    name = "hybrid"
+    name: ClassVar[str]  # set by register_policy
 
     def __init__(self, params: HybridParams) -> None:
         super().__init__(params)

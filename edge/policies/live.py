@@ -91,7 +91,7 @@ def decision_record(policy: str, decision: Decision, metric_name: str | None) ->
     """The JSON-ready record of a decision (NaN metric -> None)."""
     metric = None if math.isnan(decision.metric) else round(float(decision.metric), 8)
     return {
-        "policy": policy, "qp": int(decision.rate_point), "encodes": int(decision.encodes),
+        "policy": policy, "rate_point": int(decision.rate_point), "encodes": int(decision.encodes),
         "edge_time_ms": round(1e3 * decision.edge_time_s, 3), "metric": metric,
         "metric_name": metric_name or "", "met_target": decision.met_target, "reason": decision.reason,
     }
@@ -130,7 +130,7 @@ class RunnerPolicy:
         metric = getattr(policy, "metric", None) or getattr(getattr(policy, "params", None), "metric", None)
         ladder = tuple(codec.ladder)
         if getattr(policy, "plans", True) is None and hasattr(policy, "rate_point"):
-            # A fixed rate point off the codec's ladder (``--qp 12``) is still a rate point the codec takes.
+            # A fixed rate point off the codec's ladder (``--rate-point 12``) is still a rate point the codec takes.
             ladder = tuple(sorted({*ladder, int(policy.rate_point(ladder))}))
         ctx = LiveContext(feature, codec, value_range, metric, task=task, bit_depth=bit_depth, split=split,
                           ladder=ladder,
@@ -147,11 +147,11 @@ def runner_factory(name: str) -> Callable[[dict[str, Any]], RunnerPolicy]:
 
     def factory(options: dict[str, Any]) -> RunnerPolicy:
         opts = {k: v for k, v in options.items() if v is not None}
-        qp = opts.pop("qp", None)
-        if qp is not None:
+        rate_point = opts.pop("rate_point", None)
+        if rate_point is not None:
             if name != "fixed":
-                raise PolicyError(f"--qp is a parameter of the fixed policy, not of '{name}'")
-            opts["qp"] = qp
+                raise PolicyError(f"--rate-point is a parameter of the fixed policy, not of '{name}'")
+            opts["rate_point"] = rate_point
         throughput = opts.pop("throughput_mbps", None)
         deadline = opts.pop("deadline_s", None)
         return RunnerPolicy(name, opts, throughput, deadline)

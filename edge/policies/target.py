@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -149,7 +149,7 @@ class CfqaTargetPolicy:
     """Reach a metric threshold at the lowest rate."""
 
     Params = TargetParams
-    name = "cfqa-target"
+    name: ClassVar[str]  # set by register_policy
 
     def __init__(self, params: TargetParams) -> None:
         self.params = params

@@ -19,6 +19,8 @@ the edge runtime never does and refuses the name
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
 from cfqa_core.fidelity import tolerance_for
@@ -35,7 +37,7 @@ class OraclePolicy:
     """Minimal rate with an unchanged task output."""
 
     Params = OracleParams
-    name = "oracle"
+    name: ClassVar[str]  # set by register_policy
 
     def __init__(self, params: OracleParams | None = None) -> None:
         self.params = params or OracleParams()
