@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from cfqa_core.task_names import TASKS
 from cfqa_sim.records import DELIVERED_STATUSES
 
 _TASK_LABEL = {"cls": "Cls top-1", "seg": "Seg mIoU", "dpt": "Dpt RMSE (m, lower is better)"}
@@ -242,7 +243,7 @@ def _groups_of_equal(values: dict[str, Any], key) -> list[list[str]]:
 def plot_rate_accuracy(results, path: Path, colours: dict) -> None:
     plt = _plt()
     first = results[0]
-    tasks = sorted(set(first.group_tasks), key=["cls", "seg", "dpt"].index)
+    tasks = sorted(set(first.group_tasks), key=TASKS.index)
     fig, axes = plt.subplots(1, len(tasks), figsize=(max(5.2 * len(tasks), 7.0), 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for key, curve in first.rate_curves.items():

@@ -18,10 +18,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cfqa_core.errors import CfqaError, ScenarioError
+from cfqa_core.task_names import TaskName
 from cfqa_sim.traces import SYNTHETIC_KINDS, Trace, find_trace, load_trace, synthetic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TASK_NAMES = ("cls", "seg", "dpt")
 
 # Every number is finite and bounded (documented maxima), so a scenario that validates also runs.
 MAX_SECONDS = 7 * 86400.0      # durations, offsets, times: one week of simulated time
@@ -93,7 +93,7 @@ class NodeGroup(_Strict):
     name: str = "nodes"
     count: Annotated[int, Field(ge=1, le=MAX_NODES)] = Field(1, description=f"at most {MAX_NODES}")
     link: str
-    task: Literal["cls", "seg", "dpt"] = "cls"
+    task: TaskName = "cls"
     codec: str = "hevc"
     split: Annotated[int, Field(ge=0, le=1000)] | None = Field(
         None, description="split block (timing-profile key; live mode)")
@@ -136,10 +136,10 @@ class TimingSpec(_Strict):
 
     profile: str | None = Field(None, description="JSON profile measured on this machine (overrides the constants; "
                                 "'builtin:embedded': the shipped profile of the embedded model's codecs)")
-    edge_backbone_s: dict[Literal["cls", "seg", "dpt"], NonNegFloat] = {"cls": 0.02, "seg": 0.04, "dpt": 0.04}
-    cloud_service_s: dict[Literal["cls", "seg", "dpt"], NonNegFloat] = {"cls": 0.002, "seg": 0.01, "dpt": 0.015}
+    edge_backbone_s: dict[TaskName, NonNegFloat] = {"cls": 0.02, "seg": 0.04, "dpt": 0.04}
+    cloud_service_s: dict[TaskName, NonNegFloat] = {"cls": 0.002, "seg": 0.01, "dpt": 0.015}
     metric_s: NonNegFloat = Field(0.001, description="edge time of one quality-metric evaluation")
-    edge_encode_s: dict[Literal["cls", "seg", "dpt"], NonNegFloat] = Field(
+    edge_encode_s: dict[TaskName, NonNegFloat] = Field(
         {"cls": 0.03, "seg": 0.06, "dpt": 0.2},
         description="live mode: edge time of one trial encode + local decode (the clock stays reproducible)")
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from cfqa_core.errors import DataError
+from cfqa_core.task_names import TASKS
 
 
 def _cpu() -> float:
@@ -101,7 +102,7 @@ class TimingProfile:
             raise DataError(f"{self.source}: no timing for metric '{metric}' on task '{task}'") from None
 
 
-def measure_profile(build: str | Path, *, codecs: Sequence[str], tasks: Sequence[str] = ("cls", "seg", "dpt"),
+def measure_profile(build: str | Path, *, codecs: Sequence[str], tasks: Sequence[str] = TASKS,
                     metrics: Sequence[str] = ("proxy", "cosine"), images: int = 2, repeats: int = 3,
                     ladder: str = "operating", progress: bool = True) -> dict[str, Any]:
     """Measure a profile on the originals of a ``cfqa dataset build`` folder."""

@@ -11,6 +11,8 @@ import argparse
 import json
 import sys
 
+from cfqa_core.task_names import TASKS
+
 
 def _csv(text: str) -> tuple[str, ...]:
     items = tuple(s.strip() for s in text.split(",") if s.strip())
@@ -82,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = tsub.add_parser("profile", help="measure a timing profile on a build's originals (medians, CPU seconds)")
     t.add_argument("--build", required=True, help="a 'cfqa dataset build' folder")
     t.add_argument("--codecs", type=_csv, default=("hevc",), help="comma list (default: hevc)")
-    t.add_argument("--tasks", type=_csv, default=("cls", "seg", "dpt"))
+    t.add_argument("--tasks", type=_csv, default=TASKS)
     t.add_argument("--metrics", type=_csv, default=("proxy", "cosine"))
     t.add_argument("--images", type=int, default=2, help="originals per task (default: %(default)s)")
     t.add_argument("--repeats", type=int, default=3, help="runs per measurement (default: %(default)s)")
