@@ -33,8 +33,12 @@ class LiveProvider(FrameOutcomeProvider):
 
         s = loaded.scenario
         self.timing = s.timing
+        from cfqa_edge.backends import TorchBackend
+
         self.model = load_model(s.live.model)
         self.model_name = s.live.model
+        # The edge's own feature extraction and packing ranges (split: the last block, as the cloud runs).
+        self.backend = TorchBackend(self.model, split=self.model.depth)
         tasks = sorted({g.task for g in s.nodes})
         if s.live.images:
             folder = load_folder(loaded.resolve(("live", "images"), s.live.images))
@@ -84,13 +88,13 @@ class LiveProvider(FrameOutcomeProvider):
     def _feature(self, task: str, index: int) -> np.ndarray:
         key = (task, index)
         if key not in self._features:
-            from cfqa_core.inference import extract_features, predict, task_score
+            from cfqa_core.inference import predict, task_score
 
             t0 = time.perf_counter()
-            f = extract_features(self.model, task, [self.scenes[task].images[index]])
+            f = self.backend.features(self.scenes[task].images[index], [task])[task]
             self.wall["extract_s"] += time.perf_counter() - t0
-            self._features[key] = f[0]
-            ref = predict(self.model, task, f)[0]
+            self._features[key] = f
+            ref = predict(self.model, task, f[None])[0]
             self._reference[key] = task_score(ref, **self._gt(task, index), seg_classes=self.model.meta.seg_classes)
             self._reference_output[key] = ref
         return self._features[key]
@@ -109,10 +113,13 @@ class LiveProvider(FrameOutcomeProvider):
         return None  # the timing profile keeps the clock
 
     def _value_range(self, task: str, feature: np.ndarray):
-        vr = self.model.meta.feature_ranges.get(task)
-        if vr is None:
-            vr = [float(feature.min()), float(feature.max())]
-        return vr
+        """The edge's packing range; a model without calibrated ranges packs each feature by its own."""
+        from cfqa_core.errors import ModelError
+
+        try:
+            return self.backend.value_range(task)
+        except ModelError:
+            return [float(feature.min()), float(feature.max())]
 
     def encode(self, frame: FrameRef, codec: str, rate_point: int) -> EncodeOutcome:
         from cfqa_core.codecs import get_codec
