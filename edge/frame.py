@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from cfqa_core.codecs.base import EncodedFeature, FeatureCodec
+from cfqa_core.errors import DataError
 from cfqa_proto import cfqa_v1_pb2 as pb
 from cfqa_proto.convert import depth_from_png, mask_from_png
 
@@ -93,6 +94,8 @@ def task_output_arrays(task: str, result: pb.TaskResult, cls_classes: int) -> di
     if task == "cls":
         logits = np.full(cls_classes, -math.inf)
         for entry in result.top_k:
+            if not 1 <= entry.class_id <= cls_classes:
+                raise DataError(f"cls result names class id {entry.class_id}, outside 1..{cls_classes}")
             logits[entry.class_id - 1] = math.log(max(entry.score, 1e-30))
         return {"logits": logits}
     if task == "seg":

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import cfqa_core.codecs as codecs
-from cfqa_core.errors import PolicyError
+from cfqa_core.errors import DataError, PolicyError
 from cfqa_core.metrics import compute_metrics
 from cfqa_edge.frame import assess, infer_request, metric_value_range, task_output_arrays, trial_encode
 from cfqa_proto import cfqa_v1_pb2 as pb
@@ -66,6 +66,10 @@ def test_task_output_arrays_read_the_cloud_result():
     depth = np.full((2, 3), 1.25, np.float32)
     out = task_output_arrays("dpt", pb.TaskResult(depth_png=depth_to_png(depth)), 4)
     np.testing.assert_allclose(out["depth"], depth)
+    for bad in (0, 5):  # class ids are 1-based: 0 would silently write the last logit
+        wrong = pb.TaskResult(task="cls", top_k=[pb.ClassScore(class_id=bad, score=0.9)])
+        with pytest.raises(DataError, match=f"class id {bad}, outside 1..4"):
+            task_output_arrays("cls", wrong, 4)
 
 
 def test_the_edge_runner_refuses_the_oracle_with_its_reason():
