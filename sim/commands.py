@@ -45,7 +45,7 @@ def _print_json(obj: Any) -> None:
 
 
 def register(sub) -> None:
-    from cfqa_sim.ratecontrol.commands import register as register_policies
+    from cfqa_sim.ratecontrol.ratecontrol_cmd import register as register_policies
 
     register_policies(sub)
     p = sub.add_parser("run", help="simulate a scenario with its policy")

@@ -19,7 +19,7 @@ import; nothing here imports the simulator.
 """
 from __future__ import annotations
 
-from cfqa_edge.policies import bandwidth, fixed, hybrid, target  # noqa: F401  (register the policies)
+from cfqa_edge.policies import bandwidth, cfqa_target, fixed, hybrid  # noqa: F401  (register the policies)
 from cfqa_edge.policies.api import Decision, EncodeOutcome, Feedback, Policy, PolicyContext, as_decision
 from cfqa_edge.policies.registry import POLICIES, get_policy, policy_names, register_policy
 

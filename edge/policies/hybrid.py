@@ -13,10 +13,10 @@ from typing import ClassVar
 from pydantic import Field
 
 from cfqa_edge.policies.api import Decision, PolicyContext
+from cfqa_edge.policies.cfqa_target import CfqaTargetPolicy, TargetParams, fallback_decision, frame_statistic
 from cfqa_edge.policies.link import LinkParams, make_planner
 from cfqa_edge.policies.plan import PlanStep, run_plan
 from cfqa_edge.policies.registry import register_policy
-from cfqa_edge.policies.target import CfqaTargetPolicy, TargetParams, fallback_decision, frame_statistic
 
 
 class HybridParams(TargetParams, LinkParams):

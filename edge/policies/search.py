@@ -11,7 +11,7 @@ index above it; only the gap between them is still open.
 - ``bisect``: bisection of the open gap, starting from the previous frame's
   choice (warm start), so a stationary sequence converges in one or two.
 - ``model``: a fitted metric-versus-rate model. The metric is mapped to a
-  distortion ``D`` (see :class:`~cfqa_edge.policies.targets.MetricTarget`) and
+  distortion ``D`` (see :class:`~cfqa_edge.policies.metric_target.MetricTarget`) and
   modelled per frame as ``D_f(i) = a_f + c_i``: a per-rung profile ``c``
   shared by the node's frames (from the calibration file, else fitted
   linearly in the rate point on the first frame, then refined online) and a
@@ -32,7 +32,7 @@ import numpy as np
 
 from cfqa_core.errors import PolicyError
 from cfqa_edge.policies.api import PolicyContext
-from cfqa_edge.policies.targets import MetricTarget
+from cfqa_edge.policies.metric_target import MetricTarget
 
 _D_LIMIT = 1e6  # distortions are clamped to this magnitude (PSNR of a lossless frame is +inf)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from cfqa_core.errors import DataError, PolicyError
 from cfqa_edge.policies.calibration import RULES, Calibration, CalibrationCurve
-from cfqa_edge.policies.targets import metric_direction
+from cfqa_edge.policies.metric_target import metric_direction
 from cfqa_sim.ratecontrol.accuracy import accuracy, accuracy_drop
 from cfqa_sim.ratecontrol.replay import ReplayArrays, metric_columns, replay_arrays, tasks_and_codecs
 

@@ -27,10 +27,10 @@ from pydantic import Field, model_validator
 from cfqa_core.errors import PolicyError
 from cfqa_edge.policies.api import Decision, PolicyContext
 from cfqa_edge.policies.calibration import Calibration, load_calibration
+from cfqa_edge.policies.metric_target import MetricTarget, make_target
 from cfqa_edge.policies.plan import DEFAULT_PLANS, RatePlans, run_plan
 from cfqa_edge.policies.registry import PolicyParams, register_policy
 from cfqa_edge.policies.search import TargetSearch, feature_statistic
-from cfqa_edge.policies.targets import MetricTarget, make_target
 
 DEFAULT_METRIC = "cosine"
 
