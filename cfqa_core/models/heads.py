@@ -9,6 +9,7 @@ All heads read *final-normed* tokens, as DINOv2's evaluation does:
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -16,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 _BAND_BYTES = 1 << 20  # rows of upsampled depth-bin scores taken through the softmax at once
+_GEOMETRIC_BAND_BYTES = 1 << 21  # rows of span pixels filled and reduced at once
+_MAX_LOGIT_SPREAD = 60.0  # exp(-60) ~ 1e-26: the fast depth path stays far from float32 under/overflow
 
 
 def _patch_grid(patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -67,18 +70,41 @@ class DepthHead(nn.Module):
     ) -> torch.Tensor:
         """Depth N x H x W in metres from [(cls, patches), ...] of each level.
 
-        Computed channels-last: the bin scores stay N x h x w x K, so the
-        upsampling writes contiguous K-vectors and the softmax and the bin
-        expectation run over the innermost axis (``softmax(-1) @ bins``). The
-        channels-first layout took the softmax across a strided axis and
-        copied the full N x K x H x W scores several times. One image is
-        upsampled at a time and its softmax taken a band of rows at a time
-        (about 1 MB, so it stays in cache for the product with the bins):
-        the temporaries are one H x W x K image plus one band, whatever the
-        batch size.
+        The bin scores are upsampled bilinearly (``F.interpolate``, ``align_corners=False``)
+        and the depth is the softmax-weighted mean of the bins at every pixel. Without
+        autograd this is computed by ``_depth_geometric`` (two exponentials per bin for
+        every 14 pixels of a row instead of 14); with autograd, or for inputs it does not
+        cover, by ``_depth_upsampled``. The two agree to float32 rounding.
         """
-        feats = [torch.cat((p, c.unsqueeze(1).expand_as(p)), dim=-1) for c, p in levels]
-        scores = self.fc(torch.cat(feats, dim=-1))  # N x P x K
+        scores = self.bin_scores(levels)
+        if scores.shape[0] and not (torch.is_grad_enabled() and scores.requires_grad):
+            depth = _depth_geometric(scores, grid, out_size, self.bins)
+            if depth is not None:
+                return depth
+        return self._depth_upsampled(scores, grid, out_size)
+
+    def bin_scores(self, levels: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Bin logits N x P x K: ``fc`` applied to [patches || CLS] of every level, per patch.
+
+        The CLS half of that product is the same for all patches of an image, so it is
+        computed once per image and added to the patch half, rather than multiplying P
+        copies of the CLS tokens (half the multiply-adds, no N x P x 2LD input).
+        """
+        k, d = self.fc.out_features, levels[0][1].shape[-1]
+        w = self.fc.weight.view(k, len(levels), 2, d)  # per level: [patch | cls] columns
+        per_image = F.linear(torch.cat([c for c, _ in levels], dim=-1), w[:, :, 1].reshape(k, -1), self.fc.bias)
+        patches = torch.cat([p for _, p in levels], dim=-1)
+        return torch.matmul(patches, w[:, :, 0].reshape(k, -1).t()).add_(per_image.unsqueeze(1))
+
+    def _depth_upsampled(self, scores: torch.Tensor, grid: tuple[int, int], out_size: tuple[int, int]) -> torch.Tensor:
+        """The definition, computed channels-last: upsample the N x h x w x K scores, softmax(-1) @ bins.
+
+        Channels-last, the upsampling writes contiguous K-vectors and the softmax and the
+        bin expectation run over the innermost axis. One image is upsampled at a time and
+        its softmax taken a band of rows at a time (about 1 MB, so it stays in cache for
+        the product with the bins): the temporaries are one H x W x K image plus one band,
+        whatever the batch size.
+        """
         n, (h, w), k = scores.shape[0], grid, scores.shape[-1]
         # A permuted view of N x h x w x K is a channels-last N x K x h x w tensor;
         # interpolate keeps that memory format for its output.
@@ -104,3 +130,131 @@ class DepthHead(nn.Module):
         if not bands:
             return scores.new_zeros((0, *out_size))
         return torch.cat(bands).reshape(n, *out_size)
+
+
+def _axis_weights(n_in: int, n_out: int, dtype: torch.dtype) -> torch.Tensor:
+    """n_out x n_in matrix of F.interpolate's bilinear weights along one axis (the other axis kept)."""
+    eye = torch.eye(n_in, dtype=dtype).view(1, n_in, n_in, 1)
+    return F.interpolate(eye, size=(n_out, 1), mode="bilinear", align_corners=False)[0, :, :, 0].t()
+
+
+@functools.lru_cache(maxsize=64)
+def _row_weights(h: int, out_h: int, dtype: torch.dtype, device: torch.device) -> tuple[slice, torch.Tensor]:
+    """(distinct, weights): F.interpolate's bilinear weights along the height, for the rows ``distinct``.
+
+    The output rows above ``distinct`` equal its first row (all clamped to the first patch
+    row), those below it its last row (clamped to the last patch row).
+    """
+    weights = _axis_weights(h, out_h, dtype)
+    top = int(torch.cumprod(weights[:, 0] == 1, 0).sum())  # rows clamped to patch row 0
+    bottom = int(torch.cumprod(weights.flip(0)[:, h - 1] == 1, 0).sum())
+    first, end = max(top - 1, 0), min(out_h - bottom + 1, out_h)
+    if end <= first:  # a single patch row: every output row is the same
+        first, end = 0, 1
+    return slice(first, end), weights[first:end].to(device)
+
+
+@functools.lru_cache(maxsize=64)
+def _column_spans(w: int, s: int, dtype: torch.dtype, device: torch.device,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(coef, slope, shift): the width of ``_depth_geometric``, w patch columns upsampled s times.
+
+    F.interpolate (bilinear, ``align_corners=False``) clamps the first s // 2 and the last
+    s - s // 2 pixels of a row to the first and the last column, and between them is
+    linear on each of the w - 1 spans of s pixels between adjacent columns. ``coef``
+    (2w x w), applied to the w columns, gives the value at each span's first pixel,
+    then each span's change per pixel, then the first and the last column. Positions
+    use F.interpolate's source coordinate ``scale * (x + 0.5) - 0.5`` with its scale
+    1 / s rounded to ``dtype`` as it does; F.interpolate also rounds each coordinate
+    (by up to half a unit in the last place, ~5e-7 of a patch in float32). ``shift``
+    (w - 1 x s) is that rounding in pixels, for the first-order correction
+    ``depth += shift * d depth / dx``; ``slope`` (s x s) gives d depth / dx along a span
+    as ``depth @ slope`` (central differences, one-sided at the span's ends).
+    """
+    scale = float(torch.tensor(w, dtype=dtype) / (w * s))
+    x = (s // 2 + torch.arange((w - 1) * s, dtype=torch.float64)).view(w - 1, s)  # the spans' pixels
+    ours = scale * (x + 0.5) - 0.5  # source coordinate, linear in x
+    theirs = _axis_weights(w, w * s, dtype).double()[x.long()] @ torch.arange(w, dtype=torch.float64)
+    spans = torch.arange(w - 1)
+    first = ours[:, 0] - spans  # weight of the next column at each span's first pixel
+    coef = torch.zeros(2 * w, w, dtype=torch.float64)
+    coef[spans, spans], coef[spans, spans + 1] = 1.0 - first, first
+    coef[w - 1 + spans, spans], coef[w - 1 + spans, spans + 1] = -scale, scale
+    coef[2 * w - 2, 0] = coef[2 * w - 1, w - 1] = 1.0
+    slope = torch.zeros(s, s, dtype=torch.float64)
+    if s > 1:
+        m = torch.arange(s)
+        ahead, behind = (m + 1).clamp(max=s - 1), (m - 1).clamp(min=0)
+        slope[ahead, m] += 1.0 / (ahead - behind)
+        slope[behind, m] -= 1.0 / (ahead - behind)
+    return tuple(t.to(dtype=dtype, device=device) for t in (coef, slope, (theirs - ours) / scale))
+
+
+def _depth_geometric(scores: torch.Tensor, grid: tuple[int, int], out_size: tuple[int, int], bins: torch.Tensor,
+                     ) -> torch.Tensor | None:
+    """``_depth_upsampled`` with two exponentials per bin for each span of s pixels of a row, or None.
+
+    Along a row of the upsampled map, between two patch columns (a span of s pixels,
+    s = 14 for 14 x 14 patches) the logits are linear in x: l(x0 + m) = a + m b, so
+    exp(l) = exp(a) exp(b)^m: the span needs two exponentials per bin and s - 1
+    multiplications instead of s exponentials (an exponential costs ~8 multiplications
+    on CPU). The borders outside the outer patch centres are the edge columns, constant
+    along the row, and the rows clamped to the first or the last patch row are computed
+    once each. The logits are first shifted by each patch's maximum: softmax is invariant
+    to a per-pixel shift, and an interpolated shift keeps every exponent in [-spread, 0].
+    The depth at each pixel is then sum_k e_k bins_k / sum_k e_k, one product with
+    [bins; 1]. One image at a time, its rows filled a band at a time
+    (``_GEOMETRIC_BAND_BYTES``).
+
+    None (use ``_depth_upsampled``) unless the scores are float32 or float64, the width
+    is a whole multiple of the patch columns, and no patch's logits spread over more
+    than ``_MAX_LOGIT_SPREAD`` (so that nothing under- or overflows).
+    """
+    n, k = scores.shape[0], scores.shape[-1]
+    (h, w), (out_h, out_w) = grid, out_size
+    if scores.dtype not in (torch.float32, torch.float64) or out_w % w or h * w != scores.shape[1]:
+        return None
+    s = out_w // w
+    logits = scores.reshape(n, h, w, k)
+    logits = logits - logits.amax(dim=-1, keepdim=True)
+    if not bool(logits.amin() >= -_MAX_LOGIT_SPREAD):  # also False for NaN
+        return None
+    distinct, row_weights = _row_weights(h, out_h, scores.dtype, scores.device)
+    coef, slope, shift = _column_spans(w, s, scores.dtype, scores.device)
+    by_column = torch.matmul(coef, logits).view(n, h, -1)  # per patch row: span starts, steps, edge columns
+    weights = torch.stack((bins, torch.ones_like(bins)))  # [bins; 1]: numerator and denominator
+    out = scores.new_empty((n, out_h, out_w))
+    rows = distinct.stop - distinct.start
+    lo, hi = s // 2, s // 2 + (w - 1) * s  # the spans' pixels; left of lo column 0, from hi on column w - 1
+    inner = out[:, distinct, lo:hi].view(n, rows, w - 1, s)
+    band = max(1, _GEOMETRIC_BAND_BYTES // max(1, (w - 1) * s * k * scores.element_size()))
+    n_powers = (s - 1).bit_length()  # step, step^2, step^4, ...: what s - 1 doublings of the filled pixels need
+    # One workspace per call: an image's exponentials, the powers of its steps and one band of pixels.
+    # Separate multi-megabyte temporaries were given back to the OS and page-faulted in anew on every call.
+    sizes = [rows * 2 * w * k, max(n_powers - 1, 0) * rows * (w - 1) * k, band * s * (w - 1) * k]
+    work = scores.new_empty(sum(sizes)).split(sizes)
+    powers, e = work[1].view(max(n_powers - 1, 0), rows, w - 1, k), work[2].view(band, s, w - 1, k)
+    for i in range(n):
+        ab = torch.matmul(row_weights, by_column[i], out=work[0].view(rows, -1)).view(rows, 2 * w, k).exp_()
+        nd = torch.mm(weights, ab[:, 2 * w - 2 :].reshape(-1, k).t()).view(2, rows, 2)
+        edges = nd[0] / nd[1]
+        out[i, distinct, :lo], out[i, distinct, hi:] = edges[:, :1], edges[:, 1:]
+        steps = [ab[:, w - 1 : 2 * w - 2]]  # steps[j] = step ** (2 ** j)
+        for j in range(1, n_powers):
+            steps.append(torch.mul(steps[-1], steps[-1], out=powers[j - 1]))
+        for r0 in range(0, rows if w > 1 else 0, band):
+            r1 = min(rows, r0 + band)
+            eb = e[: r1 - r0]
+            eb[:, 0] = ab[r0:r1, : w - 1]
+            m = 1
+            for step in steps:  # eb[:, m] = eb[:, 0] * step^m, doubling the filled pixels each time
+                c = min(m, s - m)
+                torch.mul(eb[:, :c], step[r0:r1].unsqueeze(1), out=eb[:, m : m + c])
+                m += c
+            nd = torch.mm(weights, eb.view(-1, k).t()).view(2, r1 - r0, s, w - 1)
+            torch.div(nd[0].transpose(1, 2), nd[1].transpose(1, 2), out=inner[i, r0:r1])
+    if s > 1 and w > 1:  # F.interpolate's rounding of the source coordinates, to first order
+        inner.addcmul_(torch.matmul(inner, slope), shift)
+    out[:, : distinct.start] = out[:, distinct.start : distinct.start + 1]
+    out[:, distinct.stop :] = out[:, distinct.stop - 1 : distinct.stop]
+    return out
