@@ -53,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", default=str(ROOT / "results" / "benchmark"))
     args = parser.parse_args()
-    from cfqa_core.bench.protocol import expected_sign, run_protocol
+    from cfqa_core.benchmark.protocol import expected_sign, run_protocol
     from cfqa_sim.ratecontrol.replay import load_frame, replay_arrays, tasks_and_codecs
 
     frame = load_frame(args.table)

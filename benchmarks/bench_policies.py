@@ -77,7 +77,7 @@ def equal_accuracy(table: Path, codecs: list[str], timing: str | None) -> list[d
 
 def live_edge_time(build: Path, task: str, frames: int) -> dict:
     import cfqa_core.codecs as codecs
-    from cfqa_core.benchdata.originals import load_originals
+    from cfqa_core.benchmark.table.originals import load_originals
     from cfqa_edge.policies import as_decision, get_policy
     from cfqa_edge.policies.live import LiveContext
     from cfqa_sim.ratecontrol.shipped import evaluation_images

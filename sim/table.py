@@ -1,7 +1,7 @@
 """The benchmark table that replay mode reads, indexed for the simulator's hot loop.
 
 The table is built by ``cfqa dataset build``; its columns are defined once in
-:mod:`cfqa_core.benchdata.schema` and its dense ``[image, rate point]``
+:mod:`cfqa_core.benchmark.table.schema` and its dense ``[image, rate point]``
 arrays per (task, codec) come from :func:`cfqa_sim.ratecontrol.replay.replay_arrays`
 (rate points in ladder order, ``rate_index`` 0 = highest quality). This
 module adds what the simulator needs on top: the bytes a frame puts on the

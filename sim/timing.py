@@ -109,7 +109,7 @@ def measure_profile(build: str | Path, *, codecs: Sequence[str], tasks: Sequence
     from tqdm import tqdm
 
     import cfqa_core.codecs as registry
-    from cfqa_core.benchdata.originals import load_originals
+    from cfqa_core.benchmark.table.originals import load_originals
     from cfqa_core.codecs.ladders import ladder_of
 
     build = Path(build)

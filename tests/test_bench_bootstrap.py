@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cfqa_core.bench.bootstrap import OriginalBootstrap, draw_weights, interval, mean_samples
-from cfqa_core.bench.protocol import ladder_halves, run_protocol
+from cfqa_core.benchmark.bootstrap import OriginalBootstrap, draw_weights, interval, mean_samples
+from cfqa_core.benchmark.protocol import ladder_halves, run_protocol
 from cfqa_core.errors import DataError
 
 POINTS = 8

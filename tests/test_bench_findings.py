@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cfqa_core.bench.bootstrap import OriginalBootstrap
-from cfqa_core.bench.findings import (
+from cfqa_core.benchmark.bootstrap import OriginalBootstrap
+from cfqa_core.benchmark.findings import (
     FAILS,
     HOLDS,
     UNDECIDED,
@@ -15,7 +15,7 @@ from cfqa_core.bench.findings import (
     paper_findings,
     proxy_verdict,
 )
-from cfqa_core.bench.protocol import per_feature_correlations
+from cfqa_core.benchmark.protocol import per_feature_correlations
 
 POINTS = 10
 FAMILY = {"hevc": "hevc", "vvc": "vvc", "hyper": "learned"}

@@ -5,10 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cfqa_core.bench import plots
-from cfqa_core.bench.bootstrap import OriginalBootstrap
-from cfqa_core.bench.protocol import per_feature_correlations, summarise
-from cfqa_core.bench.report import rate_accuracy_table
+from cfqa_core.benchmark import plots
+from cfqa_core.benchmark.bootstrap import OriginalBootstrap
+from cfqa_core.benchmark.protocol import per_feature_correlations, summarise
+from cfqa_core.benchmark.report import rate_accuracy_table
 
 # Cells that exist: hevc on cls and seg, hyper on seg only (no hyper/cls, no dpt at all).
 CELLS = (("hevc", "cls"), ("hevc", "seg"), ("hyper", "seg"))

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cfqa_core.benchdata.builder import BuildConfig, build
-from cfqa_core.benchdata.schema import BASE_COLUMNS, read_table
+from cfqa_core.benchmark.table.builder import BuildConfig, build
+from cfqa_core.benchmark.table.schema import BASE_COLUMNS, read_table
 from cfqa_core.codecs.ladders import HEVC_OPERATING_LADDER
 from cfqa_core.errors import DataError, MetricError
 from cfqa_core.models import EMBEDDED_DIR

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cfqa_core.bench.learned_metric import (
+from cfqa_core.benchmark.learned_metric import (
     MetricTrainConfig,
     damage,
     export_onnx,
@@ -155,7 +155,7 @@ def test_bad_inputs_are_named(tmp_path):
 
 @pytest.mark.skipif(not (EMBEDDED_DIR / "model.safetensors").is_file(), reason="embedded weights not trained yet")
 def test_train_metric_on_a_real_build(tmp_path):
-    from cfqa_core.benchdata.builder import BuildConfig, build
+    from cfqa_core.benchmark.table.builder import BuildConfig, build
 
     build_dir = tmp_path / "build"
     build(BuildConfig(out=str(build_dir), n_per_task=4, tasks=("seg",), codecs=("hevc", "av1"), workers=1,
@@ -196,11 +196,11 @@ def test_shipped_metric_scores_more_damage_for_a_coarser_encode():
 
 
 def test_cached_statistics_of_a_reencoded_row_are_recomputed(tmp_path):
-    from cfqa_core.bench.learned_metric import STATS_FILE
+    from cfqa_core.benchmark.learned_metric import STATS_FILE
 
     if not (EMBEDDED_DIR / "model.safetensors").is_file():
         pytest.skip("embedded weights not trained yet")
-    from cfqa_core.benchdata.builder import BuildConfig, build
+    from cfqa_core.benchmark.table.builder import BuildConfig, build
 
     build_dir = tmp_path / "build"
     build(BuildConfig(out=str(build_dir), n_per_task=1, tasks=("cls",), codecs=("hevc",), workers=1,

@@ -9,9 +9,9 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 
 import cfqa_core.commands
-from cfqa_core.bench.protocol import codec_kind, per_feature_correlations, run_protocol
-from cfqa_core.bench.report import FAILS, HOLDS, UNTESTABLE, build_report, verdicts
-from cfqa_core.benchdata.schema import BASE_COLUMNS
+from cfqa_core.benchmark.protocol import codec_kind, per_feature_correlations, run_protocol
+from cfqa_core.benchmark.report import FAILS, HOLDS, UNTESTABLE, build_report, verdicts
+from cfqa_core.benchmark.table.schema import BASE_COLUMNS
 from cfqa_core.cli import main
 from cfqa_core.errors import DataError, MetricError
 
@@ -147,7 +147,7 @@ def test_verdicts_follow_the_numbers():
 
 
 def _summary_and_pf(table, metrics=("mse", "cosine", "cka")):
-    from cfqa_core.bench.protocol import summarise
+    from cfqa_core.benchmark.protocol import summarise
 
     pf = per_feature_correlations(table, list(metrics))
     return summarise(pf)[0], pf
@@ -296,7 +296,7 @@ def test_cli_paper_table_side_by_side(tmp_path, capsys):
 
 
 def test_learned_column_is_never_reported_in_sample(tmp_path):
-    from cfqa_core.bench.report import learned_loco_markdown
+    from cfqa_core.benchmark.report import learned_loco_markdown
 
     table = make_table(images=3, tasks=("dpt",), codecs=("hevc",))
     table["learned"] = table["mse"]  # an in-sample column that would track the distortion as well as MSE

@@ -16,8 +16,8 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 
 import cfqa_core.commands
-from cfqa_core.bench.protocol import run_protocol
-from cfqa_core.bench.seed_ingest import ingest_seed, order_rates
+from cfqa_core.benchmark.protocol import run_protocol
+from cfqa_core.benchmark.seed_ingest import ingest_seed, order_rates
 from cfqa_core.cli import main
 from cfqa_core.errors import DataError
 from cfqa_core.metrics import compute_metric

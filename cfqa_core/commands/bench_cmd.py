@@ -6,7 +6,7 @@
 
 ``--table`` reads a table from ``cfqa dataset build``; ``--from-seed`` first
 ingests the reference dataset's released layout (original and compressed
-``.npy`` features with ground-truth distortions, see ``cfqa_core.bench.seed_ingest``),
+``.npy`` features with ground-truth distortions, see ``cfqa_core.benchmark.seed_ingest``),
 computing the metrics on every pair, and writes that table to ``OUT/table.parquet``.
 With ``--json`` one JSON object keyed ``"codec/task/metric"`` is printed, each
 ``{plcc, plcc_ci, srocc, srocc_ci, n}`` with 95 % bootstrap intervals over
@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load_table(args):
-    from cfqa_core.benchdata.schema import read_table
+    from cfqa_core.benchmark.table.schema import read_table
 
     path = Path(args.table)
     table = read_table(path)
@@ -84,7 +84,7 @@ def _json_results(results: dict) -> dict:
 
 
 def _ingest(args, metrics):
-    from cfqa_core.bench.seed_ingest import SEED_LOG_METRICS, ingest_seed, write_ingest_summary
+    from cfqa_core.benchmark.seed_ingest import SEED_LOG_METRICS, ingest_seed, write_ingest_summary
 
     root = Path(args.from_seed)
     if not root.is_dir():
@@ -105,9 +105,9 @@ def _ingest(args, metrics):
 
 
 def _cmd_bench(args) -> int:
-    from cfqa_core.bench.bootstrap import RESAMPLES, SEED
-    from cfqa_core.bench.protocol import refuse_in_sample, resolve_metrics
-    from cfqa_core.bench.report import build_report
+    from cfqa_core.benchmark.bootstrap import RESAMPLES, SEED
+    from cfqa_core.benchmark.protocol import refuse_in_sample, resolve_metrics
+    from cfqa_core.benchmark.report import build_report
 
     metrics = _csv(args.metrics)  # checked against the registry and the table's columns below
     refuse_in_sample(metrics or ())
@@ -128,7 +128,7 @@ def _cmd_bench(args) -> int:
         table, out, source, metrics = _ingest(args, metrics)
     metrics = resolve_metrics(table, metrics)
     if args.paper_table:
-        from cfqa_core.benchdata.schema import read_table
+        from cfqa_core.benchmark.table.schema import read_table
 
         paper_table = read_table(args.paper_table)
     kw = dict(source=source, make_plots=not args.no_plots, ladder=ladder, paper_table=paper_table,

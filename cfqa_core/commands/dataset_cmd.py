@@ -34,8 +34,8 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from cfqa_core.benchdata.builder import BuildConfig, build
-    from cfqa_core.benchdata.schema import DEFAULT_METRICS
+    from cfqa_core.benchmark.table.builder import BuildConfig, build
+    from cfqa_core.benchmark.table.schema import DEFAULT_METRICS
     from cfqa_core.tasks import get_task
 
     tasks = _csv(args.tasks) or ()

@@ -37,7 +37,7 @@ def _train_metric(args: argparse.Namespace) -> int:
         from cfqa_core.errors import DataError
 
         raise DataError("--build is required for --kind learned")
-    from cfqa_core.bench.learned_metric import MetricTrainConfig, train_metric
+    from cfqa_core.benchmark.learned_metric import MetricTrainConfig, train_metric
     from cfqa_core.userdirs import default_output
 
     overrides = {k: getattr(args, k) for k in ("steps", "folds", "seed") if getattr(args, k) is not None}

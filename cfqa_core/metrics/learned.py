@@ -14,7 +14,7 @@ the error grows: an unseen codec cannot make it rank a finer rate point
 below a coarser one by a quirk of the fit.
 
 The network is trained by ``cfqa train-metric`` on a benchmark build
-(:mod:`cfqa_core.bench.learned_metric`) and shipped as ``model.npz`` (used
+(:mod:`cfqa_core.benchmark.learned_metric`) and shipped as ``model.npz`` (used
 here, numpy only) plus ``model.onnx`` (the same function for ONNX Runtime).
 """
 from __future__ import annotations

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cfqa_core.benchdata.schema import BASE_COLUMNS, KEY_COLUMNS, read_table
+from cfqa_core.benchmark.table.schema import BASE_COLUMNS, KEY_COLUMNS, read_table
 from cfqa_core.errors import DataError
 from cfqa_edge.policies.api import EncodeOutcome, PolicyContext
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cfqa_core.benchdata.schema import BASE_COLUMNS
+from cfqa_core.benchmark.table.schema import BASE_COLUMNS
 
 QPS: tuple[int, ...] = (22, 26, 30, 34, 38, 42, 46)
 ELEMENTS = 145 * 128

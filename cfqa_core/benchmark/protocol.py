@@ -21,7 +21,7 @@ and counted in ``n_constant``; features with non-finite values or fewer than
 ``MIN_POINTS`` rate points are counted in ``n_nonfinite`` / ``n_short``.
 
 Every cell mean carries a 95 % bootstrap interval over originals
-(``cfqa_core.bench.bootstrap``). The target is the paper's ``gt_distortion``;
+(``cfqa_core.benchmark.bootstrap``). The target is the paper's ``gt_distortion``;
 ``target="output_change"`` gives the label-free fidelity view (how far the
 task output moved from the uncompressed output, growing with damage on every task).
 """
@@ -226,7 +226,7 @@ def summarise(per_feature, boot=None) -> tuple:
     One summary row per (codec, task, metric) with the nan-mean ``plcc`` /
     ``srocc`` over features, their standard deviation, the oriented means, the
     feature counts and 95 % bootstrap intervals over originals (``plcc_lo`` /
-    ``plcc_hi``, ... ; ``boot`` is an :class:`~cfqa_core.bench.bootstrap.OriginalBootstrap`,
+    ``plcc_hi``, ... ; ``boot`` is an :class:`~cfqa_core.benchmark.bootstrap.OriginalBootstrap`,
     drawn with the fixed seed when not given; null below ``MIN_INTERVAL_FEATURES``
     defined features). The dict is keyed
     ``"{codec}/{task}/{metric}"`` with ``plcc``, ``plcc_ci``, ``srocc``,
@@ -234,7 +234,7 @@ def summarise(per_feature, boot=None) -> tuple:
     """
     import pandas as pd
 
-    from cfqa_core.bench.bootstrap import OriginalBootstrap, interval
+    from cfqa_core.benchmark.bootstrap import OriginalBootstrap, interval
 
     boot = OriginalBootstrap(per_feature) if boot is None else boot
     rows = []

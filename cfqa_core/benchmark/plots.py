@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cfqa_core.bench.protocol import task_order
+from cfqa_core.benchmark.protocol import task_order
 
 DPI = 110
 MAX_COLS = 4

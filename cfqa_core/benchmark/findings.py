@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cfqa_core.bench.bootstrap import CellSamples, OriginalBootstrap, interval, mean_samples
-from cfqa_core.bench.protocol import per_feature_correlations, task_order
+from cfqa_core.benchmark.bootstrap import CellSamples, OriginalBootstrap, interval, mean_samples
+from cfqa_core.benchmark.protocol import per_feature_correlations, task_order
 from cfqa_core.errors import DataError
 
 HOLDS, FAILS, UNDECIDED, UNTESTABLE = "holds", "does not hold", "undecided (interval too wide)", "not testable"
@@ -261,7 +261,7 @@ def halves_per_feature(table, metrics: Sequence[str], target: str = "gt_distorti
     """Per-feature correlations on each feature's high-rate and low-rate half, with a ``half`` column."""
     import pandas as pd
 
-    from cfqa_core.bench.protocol import ladder_halves
+    from cfqa_core.benchmark.protocol import ladder_halves
 
     high, low = ladder_halves(table)
     parts = []

@@ -3,8 +3,8 @@
 
 Every number and verdict is computed here from the table; the summary at the
 top is written from the same figures. The findings of the paper are tested in
-``cfqa_core.bench.findings`` on 95 % bootstrap intervals over originals
-(``cfqa_core.bench.bootstrap``). A second table (the paper's QP 2-20 ladder)
+``cfqa_core.benchmark.findings`` on 95 % bootstrap intervals over originals
+(``cfqa_core.benchmark.bootstrap``). A second table (the paper's QP 2-20 ladder)
 can be reported beside the default one.
 """
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cfqa_core.bench import plots
-from cfqa_core.bench.bootstrap import RESAMPLES, SEED, OriginalBootstrap
-from cfqa_core.bench.findings import (
+from cfqa_core.benchmark import plots
+from cfqa_core.benchmark.bootstrap import RESAMPLES, SEED, OriginalBootstrap
+from cfqa_core.benchmark.findings import (
     FAILS,
     HOLDS,
     MARGIN,
@@ -31,7 +31,7 @@ from cfqa_core.bench.findings import (
     paper_findings,
     proxy_verdict,
 )
-from cfqa_core.bench.protocol import (
+from cfqa_core.benchmark.protocol import (
     MIN_INTERVAL_FEATURES,
     per_feature_correlations,
     refuse_in_sample,

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cfqa_core.benchdata.schema import BASE_COLUMNS
+from cfqa_core.benchmark.table.schema import BASE_COLUMNS
 from cfqa_core.errors import DataError
 from cfqa_core.tasks import TASKS
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cfqa_core.benchdata.originals import Originals, build_originals, load_originals, save_originals
-from cfqa_core.benchdata.schema import BASE_COLUMNS, DEFAULT_METRICS, TABLE_FILE
+from cfqa_core.benchmark.table.originals import Originals, build_originals, load_originals, save_originals
+from cfqa_core.benchmark.table.schema import BASE_COLUMNS, DEFAULT_METRICS, TABLE_FILE
 from cfqa_core.codecs.ladders import DEFAULT_LADDER, ladder_of
 from cfqa_core.errors import CfqaError, DataError
 from cfqa_core.tasks import TASKS

@@ -81,8 +81,8 @@ def pair_table(build_dir: str | Path, progress: bool = True):
     """The build's table with one column per statistic (cached in ``build_dir``/learned-stats.parquet)."""
     import pandas as pd
 
-    from cfqa_core.benchdata.builder import cached_originals, decoded_path
-    from cfqa_core.benchdata.schema import read_table
+    from cfqa_core.benchmark.table.builder import cached_originals, decoded_path
+    from cfqa_core.benchmark.table.schema import read_table
 
     build = Path(build_dir)
     table = read_table(build).drop(columns=["bitstream", "meta_json"], errors="ignore")
@@ -244,7 +244,7 @@ def compare_with_baselines(scored, compared=COMPARED):
     """Per codec x task: oriented PLCC / SROCC of ``learned`` and of each baseline metric, same rows."""
     import pandas as pd
 
-    from cfqa_core.bench.protocol import per_feature_correlations, summarise
+    from cfqa_core.benchmark.protocol import per_feature_correlations, summarise
 
     rows = scored[np.isfinite(scored["learned"].to_numpy())]
     metrics = ["learned", *[m for m in compared if m in rows.columns]]
