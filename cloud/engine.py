@@ -9,12 +9,22 @@ With ``max_batch_size > 1`` the engine batches dynamically (``cfqa_cloud.batchin
 each caller of ``run`` decodes its own payloads, then frames with the same
 model, split and task set that arrive within ``max_batch_delay_s`` of each
 other run the remaining blocks and heads once, as one batch.
+
+The remaining blocks and the head run as a TorchScript trace of
+``SplitModel.cloud_predict`` per (task, split) (:class:`TracedForwards`),
+where the trace returns exactly what the eager model returns: the whole
+forward then runs in C++ with the GIL released, where an eager forward takes
+the GIL back between each of its ~100 operators and waits for it behind every
+Python thread of the server (gRPC handlers, decoders); the Python of the
+module calls goes too. Anything the trace cannot reproduce bit for bit runs
+eagerly.
 """
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +37,13 @@ from cfqa_core.tasks import TASKS, feature_shape
 from cfqa_proto.convert import load_codecs
 
 DEFAULT_TOP_K = 5
+# Tasks whose cloud forward is traced (when the trace matches the eager output). dpt's head reads
+# several levels of one (N, L, T, D) feature and does not trace to a graph valid for every batch size.
+TRACED_TASKS: tuple[str, ...] = ("cls", "seg")
+# Probe batch sizes a trace must reproduce exactly before it is used: the traced size and others,
+# each run several times (TorchScript optimises a graph after its first runs).
+_PROBE_SIZES = (2, 1, 3, 5)
+_PROBE_RUNS = 3
 
 
 class UnknownModelError(ModelError):
@@ -113,6 +130,79 @@ def _softmax_top_k(logits: np.ndarray, k: int, names: Sequence[str]) -> list[tup
     return [(int(i) + 1, names[i + 1] if i + 1 < len(names) else str(i + 1), float(p[i])) for i in order]
 
 
+class TracedForwards:
+    """``cloud_predict(task, feature, split)`` of one model through a TorchScript trace per (task, split).
+
+    Duck-types the model for :func:`cfqa_core.inference.predict`. The trace of
+    a (task, split) is built on its first call and kept only if it returns
+    exactly (``torch.equal``) the eager output on seeded probe batches of
+    several sizes, each run several times; otherwise, for tasks outside
+    ``tasks``, or when tracing fails, the model's eager ``cloud_predict``
+    answers. Shapes are checked by the engine before any call (the trace
+    skips the model's own check). A trace shares the model's parameters.
+    """
+
+    def __init__(self, model: SplitModel, tasks: Sequence[str] = TRACED_TASKS) -> None:
+        self.model = model
+        self.tasks = frozenset(tasks)
+        self._fns: dict[tuple[str, int], Callable | None] = {}
+        self._lock = threading.Lock()
+
+    def cloud_predict(self, task: str, feature, split: int | None = None):
+        split = self.model.depth if split is None else split
+        try:
+            fn = self._fns[(task, split)]
+        except KeyError:
+            fn = self._build(task, split)
+        if fn is None:
+            return self.model.cloud_predict(task, feature, split)
+        return fn(feature)
+
+    def traced(self, task: str, split: int) -> bool:
+        """Whether (task, split) runs traced (builds the trace if not tried yet)."""
+        fn = self._fns[(task, split)] if (task, split) in self._fns else self._build(task, split)
+        return fn is not None
+
+    def _build(self, task: str, split: int) -> Callable | None:
+        with self._lock:
+            if (task, split) not in self._fns:
+                self._fns[(task, split)] = self._trace(task, split) if task in self.tasks else None
+            return self._fns[(task, split)]
+
+    def _trace(self, task: str, split: int) -> Callable | None:
+        import torch
+
+        model = self.model
+        if not hasattr(torch, "jit") or not hasattr(torch.jit, "trace"):
+            return None
+
+        class _Forward(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.model.cloud_predict(task, x, split)
+
+        tail = feature_shape(task, split, model.depth, model.num_tokens, model.backbone.cfg.embed_dim)[1:]
+        gen = torch.Generator().manual_seed(0)
+        probes = [torch.randn((b, *tail), generator=gen) for b in _PROBE_SIZES]
+        try:
+            with torch.inference_mode(), warnings.catch_warnings():
+                # torch.jit.trace is deprecated in favour of torch.compile/export, which would
+                # generate other kernels (other roundings); the shape checks it warns about
+                # are the engine's own before any call.
+                warnings.simplefilter("ignore")
+                traced = torch.jit.trace(_Forward(), probes[0], check_trace=False)
+                for _ in range(_PROBE_RUNS):
+                    for x in probes:
+                        if not torch.equal(traced(x), model.cloud_predict(task, x, split)):
+                            return None
+        except Exception:  # noqa: BLE001 - any failure to trace or run the trace: the eager model answers
+            return None
+        return traced
+
+
 class InferenceEngine:
     """Serves one or more loaded ``SplitModel``s; thread-safe (models are only read).
 
@@ -120,14 +210,21 @@ class InferenceEngine:
     with the same model, split and task set are computed together, the first
     waiting at most ``max_batch_delay_s`` for the others; ``batch_workers``
     batches run at once. The default (1) computes each frame on the caller's thread.
+    ``traced`` (default on) runs the model's cloud part through :class:`TracedForwards`.
     """
 
     def __init__(self, models: Mapping[str, SplitModel], *, default_top_k: int = DEFAULT_TOP_K,
-                 max_batch_size: int = 1, max_batch_delay_s: float = 0.002, batch_workers: int = 1) -> None:
+                 max_batch_size: int = 1, max_batch_delay_s: float = 0.002, batch_workers: int = 1,
+                 traced: bool = True) -> None:
         if not models:
             raise ModelError("the inference engine needs at least one model")
         load_codecs()
         self.models = dict(models)
+        # One set of traces per model object (a model is served under two names).
+        self._forwards: dict[int, TracedForwards] = {}
+        if traced:
+            for model in self.models.values():
+                self._forwards.setdefault(id(model), TracedForwards(model))
         self.default_top_k = default_top_k
         self._lock = threading.Lock()
         self.frames_computed = 0
@@ -223,13 +320,14 @@ class InferenceEngine:
 
         first = checked[0].request
         model, n = checked[0].model, len(checked)
+        forward = self._forwards.get(id(model), model)
         tasks = [p.task for p in first.payloads]
         preds: list[list[TaskPrediction]] = [[] for _ in range(n)]
         for i, task in enumerate(tasks):
             stacked = np.stack([f[i] for f in features])
             views = stacked.shape[1]
             # One chunk for the whole batch: the point is one forward pass over all frames.
-            outs = predict(model, task, stacked, first.split, batch=max(32, n * views))
+            outs = predict(forward, task, stacked, first.split, batch=max(32, n * views))
             for j, (c, out) in enumerate(zip(checked, outs)):
                 if task == "cls":
                     k = c.request.top_k or self.default_top_k

@@ -34,6 +34,29 @@ SPARE_THREADS = 4
 # Past the grace period the process exits even if a native decoder or a handler is stuck.
 HARD_EXIT_MARGIN_S = 3.0
 TOKEN_ENV = "CFQA_TOKEN"
+# Set to 0 to run the model's cloud part eagerly instead of through its verified TorchScript
+# traces (cfqa_cloud.engine.TracedForwards); the answers are the same either way.
+TRACED_ENV = "CFQA_TRACED_FORWARD"
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def torch_threads_for(config: ServerConfig) -> int | None:
+    """Intra-op threads to give torch: ``--torch-threads`` when set; with batching, the cores shared
+    out among the batch workers (each batch then runs on cores of its own instead of every worker
+    spreading over every core, which under load leaves OpenMP threads waiting on each other);
+    None (torch's default) otherwise."""
+    if config.torch_threads:
+        return config.torch_threads
+    if config.max_batch_size > 1:
+        return max(1, usable_cores() // config.batch_workers)
+    return None
 
 
 def is_loopback(host: str) -> bool:
@@ -78,6 +101,8 @@ class ServerConfig:
     allow_plaintext_token: bool = False
     cache_entries: int = 4096
     cache_ttl_s: float = 600.0
+    # The model's cloud part through verified TorchScript traces (default; $CFQA_TRACED_FORWARD=0: eager).
+    traced_forward: bool = field(default_factory=lambda: os.environ.get(TRACED_ENV, "1").strip() != "0")
     # Earlier names: ``max_concurrent`` sets ``max_queue``; ``workers`` is accepted and ignored
     # (handler threads are sized from the stream and queue limits).
     max_concurrent: int | None = None
@@ -292,13 +317,14 @@ def start_server(config: ServerConfig, engine: InferenceEngine | None = None) ->
     for warning in security_warnings(config):
         log.warning(warning)
     creds = _credentials(config)
-    if config.torch_threads:
+    threads = config.torch_threads if engine is not None else torch_threads_for(config)
+    if threads:
         import torch
 
-        torch.set_num_threads(config.torch_threads)
+        torch.set_num_threads(threads)
     engine = engine or InferenceEngine.from_specs(
         config.models, max_batch_size=config.max_batch_size, max_batch_delay_s=config.max_batch_delay_s,
-        batch_workers=config.batch_workers)
+        batch_workers=config.batch_workers, traced=config.traced_forward)
     metrics = CloudMetrics()
     interceptors = []
     if config.token:

@@ -4,9 +4,12 @@ Every opportunity of the trace carries ``MTU_BYTES``; the transfers active at
 that moment share it equally (fluid processor sharing, as a fair bottleneck
 queue). The link keeps one "virtual bytes" counter ``v``: the bytes each
 active transfer has received so far. A transfer of ``B`` bytes joining at
-``v0`` completes when ``v`` reaches ``v0 + B``, so the next completion is a
-binary search over the trace, not a per-packet event. Nothing accumulates
-while the link is idle or down: opportunities then are lost, as on a real link.
+``v0`` completes when ``v`` reaches ``v0 + B``, so the next completion is an
+index into the trace, not a per-packet event. "The opportunity at now" comes
+from a :class:`TraceCursor` that resumes from the link's previous answer (its
+clock only moves forward) instead of searching the whole trace each time.
+Nothing accumulates while the link is idle or down: opportunities then are
+lost, as on a real link.
 
 Loss (``loss_rate`` per packet) has two documented modes:
 
@@ -20,16 +23,66 @@ from __future__ import annotations
 
 import heapq
 import math
+from bisect import bisect_left
 from collections.abc import Callable, Generator
 from typing import NamedTuple
 
 import numpy as np
 import simpy
 
-from cfqa_sim.traces import MTU_BYTES, Trace
+from cfqa_sim.traces import _EPS_MS, MTU_BYTES, Trace
 
 LOSS_MODES: tuple[str, ...] = ("retransmit", "drop")
 _EPS_BYTES = 1e-6
+
+
+class TraceCursor:
+    """:meth:`Trace.index_at` and :meth:`Trace.time_s` for one reader whose clock moves forward.
+
+    A link asks for the opportunity at "now" on every arrival, and its
+    simulated clock never goes back: the cursor keeps its last answer (loop,
+    offset in the loop, the searched millisecond) and resumes from there,
+    searching only the opportunities after it (none when the answer has not
+    moved). A query in another loop or earlier than the last one falls back
+    to a search of the whole loop. Answers are the trace's, bit for bit: the
+    same arithmetic on the same values, and a search from the last offset
+    finds what the whole search finds because every opportunity before that
+    offset lies before the last (smaller or equal) searched millisecond.
+    """
+
+    __slots__ = ("_times", "_count", "_period", "_loop", "_k", "_x")
+
+    def __init__(self, trace: Trace) -> None:
+        self._times: list[float] = trace._times  # the trace's own plain-list copy (shared, not copied)
+        self._count = trace.count
+        self._period = trace.period_ms
+        self._loop = -1   # no answer yet: the first query searches
+        self._k = 0
+        self._x = math.inf
+
+    def index_at(self, t_s: float) -> int:
+        """Global index of the first opportunity at or after ``t_s`` (as :meth:`Trace.index_at`)."""
+        t_ms = t_s * 1000.0
+        period = self._period
+        loop = math.floor(t_ms / period)
+        x = t_ms - loop * period - _EPS_MS
+        times = self._times
+        if loop == self._loop and x >= self._x:
+            k = self._k
+            if k < self._count and times[k] < x:
+                k = bisect_left(times, x, k + 1)
+        else:
+            k = bisect_left(times, x)
+        self._loop, self._k, self._x = loop, k, x
+        count = self._count
+        if k == count:
+            return (loop + 1) * count
+        return loop * count + k
+
+    def time_s(self, j: int) -> float:
+        """Time in seconds of the global opportunity ``j`` (as :meth:`Trace.time_s`)."""
+        loop, k = divmod(j, self._count)
+        return (loop * self._period + self._times[k]) / 1000.0
 
 
 class Delivery(NamedTuple):
@@ -67,14 +120,21 @@ class Link:
         self.loss_mode = loss_mode
         self.offset_s = offset_s  # trace time = simulation time + offset
         self.rng = rng if rng is not None else np.random.default_rng(0)
+        self._cursor = TraceCursor(trace)
+        self._index = self._cursor.index_at  # bound once: called on every arrival
         self.up = True
         self.wire_bytes = 0
         self._v = 0.0
-        self._next = trace.index_at(offset_s)  # next unused opportunity (global index)
+        self._next = self._index(offset_s)  # next unused opportunity (global index)
         # heap of (finish v, seq, completion callback, wire bytes, start time, lost, arrival penalty)
         self._active: list[tuple] = []
         self._seq = 0
-        self._timer_version = 0
+        # The one pending completion timer and the opportunities it hands out; a timer that is
+        # no longer ``_timer`` was superseded by an arrival or an outage. Its callback is bound
+        # once here rather than a closure per timer.
+        self._timer: simpy.Event | None = None
+        self._timer_k = 0
+        self._on_timer = self._complete
 
     # -- public -----------------------------------------------------------------------
 
@@ -102,7 +162,7 @@ class Link:
             self._advance(now)
         else:
             # Idle: opportunities since the last transfer were lost; start at the next one from now.
-            j = self._index_at(now)
+            j = self._index(now + self.offset_s)
             if j > self._next:
                 self._next = j
         heapq.heappush(self._active, (self._v + wire, self._seq, done, wire, now, lost, penalty))
@@ -124,10 +184,7 @@ class Link:
     # -- internals --------------------------------------------------------------------
 
     def _index_at(self, t_s: float) -> int:
-        return self.trace.index_at(t_s + self.offset_s)
-
-    def _time_of(self, j: int) -> float:
-        return self.trace.time_s(j) - self.offset_s
+        return self._index(t_s + self.offset_s)
 
     def _apply_loss(self, nbytes: int) -> tuple[int, bool, float]:
         if self.loss_rate <= 0.0 or nbytes <= 0:
@@ -143,27 +200,29 @@ class Link:
         """Hand the opportunities strictly before ``now`` to the active transfers."""
         if not self._active or not self.up:
             return
-        k = self._index_at(now) - self._next
+        k = self._index(now + self.offset_s) - self._next
         if k > 0:
             self._v += k * MTU_BYTES / len(self._active)
             self._next += k
 
     def _schedule(self) -> None:
-        self._timer_version += 1
         active = self._active
         if not active or not self.up:
+            self._timer = None
             return
         remaining = active[0][0] - self._v
         k = max(1, math.ceil((remaining * len(active) - _EPS_BYTES) / MTU_BYTES))
-        at = self.trace.time_s(self._next + k - 1) - self.offset_s
-        version = self._timer_version
-        now = self.env.now
-        timer = self.env.timeout(at - now if at > now else 0.0)
-        timer.callbacks.append(lambda _ev: self._complete(version, k))
+        at = self._cursor.time_s(self._next + k - 1) - self.offset_s
+        env = self.env
+        now = env.now
+        timer = env.timeout(at - now if at > now else 0.0)
+        self._timer, self._timer_k = timer, k
+        timer.callbacks.append(self._on_timer)
 
-    def _complete(self, version: int, k: int) -> None:
-        if version != self._timer_version:
+    def _complete(self, timer: simpy.Event) -> None:
+        if timer is not self._timer:
             return  # superseded by an arrival or an outage
+        k = self._timer_k
         now = self.env.now
         active = self._active
         self._v += k * MTU_BYTES / len(active)
@@ -176,7 +235,7 @@ class Link:
         if active:
             self._schedule()
         else:
-            self._timer_version += 1  # what _schedule does with nothing to schedule
+            self._timer = None  # what _schedule does with nothing to schedule
         for done, delivery in finished:  # after rescheduling: a callback may start a new transfer
             done(delivery)
 

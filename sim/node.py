@@ -14,7 +14,9 @@ Arrivals, the encoder and the sender are advanced by event callbacks (as
 the cloud) rather than processes: a process costs a wake-up event and a
 resume per frame at each stage, and a thousand nodes for an hour is about a
 million such frames. For the same reason a node keeps one policy context
-and resets it per frame, and its estimator keeps the inverses it sums. A
+and resets it per frame, binds its stage callbacks once (the frame in the
+encoder and the one on the link wait on the node, one of each at a time),
+and its estimator keeps the inverses it sums. A
 frame whose deadline has passed before it is encoded or sent is dropped
 (``stale``) when ``drop_stale`` is set. The cloud's result returns after
 the link's propagation delay.
@@ -115,6 +117,12 @@ class EdgeNode:
         self.encoding = False    # the encoder stage is busy
         self.sending = False     # a transfer of this node is on the link
         self._ctx: PolicyContext | None = None  # reused for every frame the provider allows
+        # The frame in the encoder and the one on the link (one each at a time) wait here, and
+        # their completions call methods bound once: no closure or bound method per frame.
+        self._in_encoder: tuple = ()
+        self._on_link: tuple = ()
+        self._encoded_cb = self._encoded
+        self._sent_cb = self._sent
 
     # -- stages -------------------------------------------------------------------------
 
@@ -134,25 +142,25 @@ class EdgeNode:
     def _encode_next(self) -> None:
         """Start encoding the oldest held frame that is not stale."""
         log = self.log
+        env = self.env
+        now = env.now
         while self.to_encode:
             row, frame, deadline = self.to_encode.popleft()
-            if self.drop_stale and self.env.now >= deadline:
+            if self.drop_stale and now >= deadline:
                 log.drop(row, STALE)
                 self.held -= 1
                 continue
-            log.t_encode_start[row] = self.env.now
-            decision, edge_s, nbytes = self._decide(frame, deadline)
+            log.t_encode_start[row] = now
+            decision, edge_s, nbytes = self._decide(frame, deadline, now)
             self.encoding = True
-            self.env.timeout(edge_s).callbacks.append(
-                lambda _ev: self._encoded(row, frame, decision, edge_s, nbytes, deadline)
-            )
+            self._in_encoder = (row, frame, decision, edge_s, nbytes, deadline)
+            env.timeout(edge_s).callbacks.append(self._encoded_cb)
             return
         self.encoding = False
 
-    def _decide(self, frame: FrameRef, deadline: float) -> tuple[Decision, float, int]:
-        """Run the policy for a frame due back by ``deadline``; returns (decision, edge seconds, bytes)."""
+    def _decide(self, frame: FrameRef, deadline: float, now: float) -> tuple[Decision, float, int]:
+        """Run the policy at ``now`` for a frame due back by ``deadline``; returns (decision, edge seconds, bytes)."""
         spec = self.spec
-        now = self.env.now
         time_left_s = deadline - now
         ctx = self._ctx
         if ctx is not None and self.provider.rebind_context(ctx, frame):
@@ -179,8 +187,8 @@ class EdgeNode:
         edge_s = (spec.backbone_s if backbone is None else backbone) + decision.edge_time_s
         return decision, edge_s, ctx.encoded(decision.rate_point).nbytes
 
-    def _encoded(self, row: int, frame: FrameRef, decision: Decision, edge_s: float, nbytes: int,
-                 deadline: float) -> None:
+    def _encoded(self, _ev: simpy.Event) -> None:
+        row, frame, decision, edge_s, nbytes, deadline = self._in_encoder
         log = self.log
         self.busy_s += edge_s
         log.t_encode_done[row] = self.env.now
@@ -198,19 +206,22 @@ class EdgeNode:
 
     def _send_next(self) -> None:
         """Put the oldest encoded frame that is not stale on the link."""
+        now = self.env.now
         while self.to_send:
             row, frame, rate_point, nbytes, deadline = self.to_send.popleft()
             self.held -= 1
-            if self.drop_stale and self.env.now >= deadline:
+            if self.drop_stale and now >= deadline:
                 self.log.drop(row, STALE)
                 continue
-            self.log.t_send_start[row] = self.env.now
+            self.log.t_send_start[row] = now
             self.sending = True
-            self.link.transfer(nbytes, lambda d: self._sent(row, frame, rate_point, nbytes, d))
+            self._on_link = (row, frame, rate_point, nbytes)
+            self.link.transfer(nbytes, self._sent_cb)
             return
         self.sending = False
 
-    def _sent(self, row: int, frame: FrameRef, rate_point: int, nbytes: int, delivery: Delivery) -> None:
+    def _sent(self, delivery: Delivery) -> None:
+        row, frame, rate_point, nbytes = self._on_link
         log = self.log
         log.t_send_done[row] = delivery.done_s
         log.wire_bytes[row] = delivery.wire_bytes
@@ -258,7 +269,7 @@ class Arrivals:
     order a process would (capture, then the next timeout), without a process.
     """
 
-    __slots__ = ("env", "node", "times", "images", "k")
+    __slots__ = ("env", "node", "times", "images", "k", "_cb")
 
     def __init__(self, env: simpy.Environment, node: EdgeNode, times: np.ndarray, images: np.ndarray) -> None:
         self.env = env
@@ -266,12 +277,14 @@ class Arrivals:
         self.times: list[float] = times.tolist()
         self.images: list[int] = images.tolist()
         self.k = 0
+        self._cb = self._arrive  # bound once, not per arrival
         if self.times:
-            env.timeout(self.times[0] - env.now).callbacks.append(self._arrive)
+            env.timeout(self.times[0] - env.now).callbacks.append(self._cb)
 
     def _arrive(self, _ev: simpy.Event) -> None:
         k = self.k
         self.node.capture(k, self.images[k])
         self.k = k = k + 1
         if k < len(self.times):
-            self.env.timeout(self.times[k] - self.env.now).callbacks.append(self._arrive)
+            env = self.env
+            env.timeout(self.times[k] - env.now).callbacks.append(self._cb)

@@ -1,0 +1,172 @@
+"""The engine's traced forward answers exactly as the eager model, alone and in batches; what it cannot
+reproduce runs eagerly; the server sizes torch's threads to the batch workers."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import cfqa_core.codecs as codecs
+from cfqa_cloud.engine import InferenceEngine, InferenceRequest, TaskPayload, TracedForwards
+from cfqa_cloud.server import ServerConfig, torch_threads_for, usable_cores
+from cfqa_edge.backends import TorchBackend
+from cfqa_proto.convert import load_codecs
+from tests.support.serving import scene_images
+
+load_codecs()
+TASKS = ("cls", "seg", "dpt")
+
+
+@pytest.fixture(scope="module")
+def frames(model):
+    """Encoded cls+seg+dpt features of 6 scenes at splits 4 and 6."""
+    codec = codecs.get_codec("hevc")
+    out = {}
+    for split in (4, 6):
+        backend = TorchBackend(model, split)
+        out[split] = []
+        for image in scene_images(6, start=70):
+            feats = backend.features(image, TASKS)
+            out[split].append({t: codec.encode(f, 12, value_range=backend.value_range(t)) for t, f in feats.items()})
+    return out
+
+
+@pytest.fixture(scope="module")
+def engines(model):
+    models = {model.meta.name: model}
+    return InferenceEngine(models), InferenceEngine(models, traced=False)
+
+
+def _req(model, split, encoded, tasks=TASKS) -> InferenceRequest:
+    return InferenceRequest(model.meta.name, split, [TaskPayload(t, encoded[t]) for t in tasks], top_k=5)
+
+
+def _assert_identical(a, b) -> None:
+    """Bit for bit: class ids, labels and float scores; masks; depth maps."""
+    for pa, pb in zip(a, b, strict=True):
+        assert pa.task == pb.task
+        assert pa.top_k == pb.top_k
+        for x, y in ((pa.mask, pb.mask), (pa.depth, pb.depth)):
+            assert (x is None) == (y is None)
+            if x is not None:
+                assert x.dtype == y.dtype and np.array_equal(x, y)
+
+
+def test_single_frames_are_answered_exactly_as_by_the_eager_model(model, engines, frames) -> None:
+    traced, eager = engines
+    for split in (4, 6):
+        for enc in frames[split]:
+            req = _req(model, split, enc)
+            _assert_identical(traced.infer(req).predictions, eager.infer(req).predictions)
+    forwards = traced._forwards[id(model)]
+    assert forwards.traced("cls", 4) and forwards.traced("seg", 6)
+    assert not forwards.traced("dpt", 4)  # not traced: the eager model answers
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 6])
+def test_batches_are_answered_exactly_as_the_same_eager_batches(model, engines, frames, n) -> None:
+    traced, eager = engines
+    for split, tasks in ((4, ("cls",)), (6, ("cls", "seg"))):
+        checked = [traced.validate(_req(model, split, enc, tasks)) for enc in frames[split][:n]]
+        features = [traced.decode(c) for c in checked]
+        got = traced._compute_many(checked, features)
+        want = eager._compute_many(checked, features)
+        for a, b in zip(got, want, strict=True):
+            _assert_identical(a, b)
+
+
+def test_threads_sharing_a_trace_get_the_eager_answers(model) -> None:
+    forwards = TracedForwards(model)
+    gen = torch.Generator().manual_seed(3)
+    inputs = [torch.randn(b, model.num_tokens, model.backbone.cfg.embed_dim, generator=gen) for b in range(1, 9)]
+    with torch.inference_mode():
+        want = [model.cloud_predict("cls", x, 4) for x in inputs]
+    got: dict[int, list] = {}
+    barrier = threading.Barrier(2)
+
+    def run(k: int) -> None:
+        barrier.wait()
+        with torch.inference_mode():
+            got[k] = [forwards.cloud_predict("cls", x, 4) for x in (inputs if k else inputs[::-1])]
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert forwards.traced("cls", 4)
+    assert all(torch.equal(a, b) for a, b in zip(got[1], want, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(got[0], want[::-1], strict=True))
+
+
+class _Stub(torch.nn.Module):
+    """The little of a SplitModel that TracedForwards reads; ``cloud_predict`` misbehaves as told."""
+
+    depth, num_tokens = 4, 5
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.fc = torch.nn.Linear(8, 3)
+        self.backbone = type("B", (), {"cfg": type("C", (), {"embed_dim": 8})()})()
+        self.eager_calls = 0
+
+    def cloud_predict(self, task: str, feature: torch.Tensor, split: int | None = None) -> torch.Tensor:
+        if not torch.jit.is_tracing():
+            self.eager_calls += 1
+        out = self.fc(feature.mean(dim=1))
+        if self.mode == "noisy":  # not reproducible: a trace can never match
+            return out + torch.rand_like(out)
+        if self.mode == "branch" and float(feature.sum()) > 0:  # a data-dependent branch the trace bakes in
+            return out * 2
+        if self.mode == "untraceable" and torch.jit.is_tracing():
+            raise RuntimeError("cannot trace this")
+        return out
+
+
+@pytest.mark.parametrize("mode", ["noisy", "branch", "untraceable"])
+def test_a_forward_the_trace_does_not_reproduce_runs_eagerly(mode) -> None:
+    stub = _Stub(mode)
+    forwards = TracedForwards(stub)
+    x = torch.ones(2, 5, 8)
+    with torch.inference_mode():
+        forwards.cloud_predict("cls", x, 2)
+        assert not forwards.traced("cls", 2)
+        before = stub.eager_calls
+        forwards.cloud_predict("cls", x, 2)
+    assert stub.eager_calls == before + 1  # the model itself answered
+
+
+def test_a_faithful_stub_is_traced_and_dpt_never_is() -> None:
+    stub = _Stub("plain")
+    forwards = TracedForwards(stub)
+    x = torch.randn(3, 5, 8)
+    with torch.inference_mode():
+        assert torch.equal(forwards.cloud_predict("cls", x, 2), stub.cloud_predict("cls", x, 2))
+        assert forwards.traced("cls", 2)
+        calls = stub.eager_calls
+        forwards.cloud_predict("cls", x, 2)
+        assert stub.eager_calls == calls  # the trace answered
+    assert not TracedForwards(stub, tasks=("cls", "seg")).traced("dpt", 2)
+
+
+def test_engine_without_traces_calls_the_model(model) -> None:
+    assert InferenceEngine({model.meta.name: model}, traced=False)._forwards == {}
+    both = InferenceEngine({model.meta.name: model, "alias": model})
+    assert len(both._forwards) == 1  # one set of traces per model object
+
+
+def test_torch_threads_are_shared_out_among_the_batch_workers(monkeypatch) -> None:
+    cores = usable_cores()
+    assert cores >= 1
+    assert torch_threads_for(ServerConfig()) is None  # no batching: torch's own default, as before
+    assert torch_threads_for(ServerConfig(torch_threads=3, max_batch_size=8)) == 3
+    assert torch_threads_for(ServerConfig(max_batch_size=8, batch_workers=1)) == cores
+    assert torch_threads_for(ServerConfig(max_batch_size=8, batch_workers=cores)) == 1
+    assert torch_threads_for(ServerConfig(max_batch_size=8, batch_workers=cores + 5)) == 1
+    monkeypatch.delenv("CFQA_TRACED_FORWARD", raising=False)
+    assert ServerConfig().traced_forward
+    monkeypatch.setenv("CFQA_TRACED_FORWARD", "0")
+    assert not ServerConfig().traced_forward
