@@ -83,6 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds in-flight calls get on SIGTERM; a hard limit (default 30)")
     s.add_argument("--server-id", default="", help="replica name reported in responses (default: random)")
     s.add_argument("--torch-threads", type=_count, default=None, help="torch intra-op threads")
+    s.add_argument("--eager", action="store_true",
+                   help="run the model eagerly, not through its verified TorchScript traces "
+                        "(default: traced where a trace reproduces the eager output; $CFQA_TRACED_FORWARD=0 = --eager)")
     s.add_argument("--metrics-port", type=_port, default=None, help="serve Prometheus metrics on this port")
     s.add_argument("--metrics-bind", default="127.0.0.1", help="address of the metrics endpoint (default 127.0.0.1)")
     s.add_argument("--access-log", default="-",
@@ -114,12 +117,35 @@ def _setup_logging(access_log: str) -> None:
     access.addHandler(handler)
 
 
+def server_config(args: argparse.Namespace, token: str | None):
+    """The :class:`~cfqa_cloud.server.ServerConfig` of parsed ``cfqa cloud serve`` arguments."""
+    import dataclasses
+
+    from cfqa_cloud.server import ServerConfig
+
+    config = ServerConfig(
+        port=args.port, host=args.host, models=tuple(args.model or ("embedded",)), token=token,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, max_queue=args.max_queue,
+        max_queue_delay_s=args.max_queue_delay, compute_slots=args.compute_slots or None,
+        max_batch_size=max(1, args.max_batch_size), max_batch_delay_s=args.max_batch_delay_ms / 1e3,
+        batch_workers=max(1, args.batch_workers), max_streams=args.max_streams,
+        max_streams_per_peer=args.max_streams_per_peer, stream_idle_s=args.stream_idle,
+        auth_max_failures=max(1, args.auth_max_failures), max_message_mb=args.max_message_mb, grace_s=args.grace,
+        server_id=args.server_id, torch_threads=args.torch_threads, reflection=args.reflection,
+        metrics_port=args.metrics_port, metrics_host=args.metrics_bind,
+        allow_plaintext_token=args.allow_plaintext_token, cache_entries=args.idempotency_cache,
+    )
+    if args.eager:
+        config = dataclasses.replace(config, traced_forward=False)
+    return config
+
+
 def _serve(args: argparse.Namespace) -> int:
     import logging
     import os
     import sys
 
-    from cfqa_cloud.server import ServerConfig, read_token, serve
+    from cfqa_cloud.server import read_token, serve
 
     _setup_logging(args.access_log)
     log = logging.getLogger("cfqa.cloud")
@@ -133,18 +159,7 @@ def _serve(args: argparse.Namespace) -> int:
         token = args.token
     else:
         token = read_token(args.token_file)
-    config = ServerConfig(
-        port=args.port, host=args.host, models=tuple(args.model or ("embedded",)), token=token,
-        tls_cert=args.tls_cert, tls_key=args.tls_key, max_queue=args.max_queue,
-        max_queue_delay_s=args.max_queue_delay, compute_slots=args.compute_slots or None,
-        max_batch_size=max(1, args.max_batch_size), max_batch_delay_s=args.max_batch_delay_ms / 1e3,
-        batch_workers=max(1, args.batch_workers), max_streams=args.max_streams,
-        max_streams_per_peer=args.max_streams_per_peer, stream_idle_s=args.stream_idle,
-        auth_max_failures=max(1, args.auth_max_failures), max_message_mb=args.max_message_mb, grace_s=args.grace,
-        server_id=args.server_id, torch_threads=args.torch_threads, reflection=args.reflection,
-        metrics_port=args.metrics_port, metrics_host=args.metrics_bind,
-        allow_plaintext_token=args.allow_plaintext_token, cache_entries=args.idempotency_cache,
-    )
+    config = server_config(args, token)
 
     def ready(running) -> None:
         mode = "tls" if config.tls_cert else "plaintext"

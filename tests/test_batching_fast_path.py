@@ -170,3 +170,14 @@ def test_torch_threads_are_shared_out_among_the_batch_workers(monkeypatch) -> No
     assert ServerConfig().traced_forward
     monkeypatch.setenv("CFQA_TRACED_FORWARD", "0")
     assert not ServerConfig().traced_forward
+
+
+def test_cloud_serve_eager_turns_the_traces_off(monkeypatch) -> None:
+    from cfqa_cloud.commands import server_config
+    from cfqa_core.cli import build_parser
+
+    monkeypatch.delenv("CFQA_TRACED_FORWARD", raising=False)
+    parser = build_parser()
+    assert server_config(parser.parse_args(["cloud", "serve"]), None).traced_forward
+    eager = server_config(parser.parse_args(["cloud", "serve", "--eager", "--max-batch-size", "4"]), None)
+    assert not eager.traced_forward and eager.max_batch_size == 4
