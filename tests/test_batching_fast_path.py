@@ -8,29 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-import cfqa_core.codecs as codecs
 from cfqa_cloud.engine import InferenceEngine, InferenceRequest, TaskPayload, TracedForwards
 from cfqa_cloud.server import ServerConfig, torch_threads_for, usable_cores
-from cfqa_edge.backends import TorchBackend
+from cfqa_core.task_names import TASKS
 from cfqa_proto.convert import load_codecs
-from tests.support.serving import scene_images
+from tests.support.serving import encoded_frames
 
 load_codecs()
-TASKS = ("cls", "seg", "dpt")
 
 
 @pytest.fixture(scope="module")
 def frames(model):
     """Encoded cls+seg+dpt features of 6 scenes at splits 4 and 6."""
-    codec = codecs.get_codec("hevc")
-    out = {}
-    for split in (4, 6):
-        backend = TorchBackend(model, split)
-        out[split] = []
-        for image in scene_images(6, start=70):
-            feats = backend.features(image, TASKS)
-            out[split].append({t: codec.encode(f, 12, value_range=backend.value_range(t)) for t, f in feats.items()})
-    return out
+    return encoded_frames(model, 6, start=70, rate_point=12)
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-import cfqa_core.codecs as codecs
 from cfqa_cloud.batching import BatchingConfig, DynamicBatcher
 from cfqa_cloud.engine import InferenceEngine, InferenceRequest, TaskPayload
 from cfqa_core.errors import DataError
-from cfqa_edge.backends import TorchBackend
+from cfqa_core.task_names import TASKS
 from cfqa_proto.convert import load_codecs
-from tests.support.serving import scene_images
+from tests.support.serving import encoded_frames
 
 load_codecs()
 
@@ -91,15 +90,7 @@ def test_config_is_checked() -> None:
 @pytest.fixture(scope="module")
 def frames(model):
     """Encoded cls+seg+dpt features of 5 scenes at splits 4 and 6."""
-    codec = codecs.get_codec("hevc")
-    out = {}
-    for split in (4, 6):
-        backend = TorchBackend(model, split)
-        out[split] = []
-        for image in scene_images(5, start=40):
-            feats = backend.features(image, ("cls", "seg", "dpt"))
-            out[split].append({t: codec.encode(f, 8, value_range=backend.value_range(t)) for t, f in feats.items()})
-    return out
+    return encoded_frames(model, 5, start=40, rate_point=8)
 
 
 def _req(model, split, encoded, tasks) -> InferenceRequest:
@@ -122,7 +113,7 @@ def _assert_same(a, b) -> None:
 def test_batched_results_equal_single_frame_results(model, engine, frames) -> None:
     batched = InferenceEngine({model.meta.name: model}, max_batch_size=8, max_batch_delay_s=1.0)
     try:
-        reqs = [_req(model, split, enc, ("cls", "seg", "dpt")) for split in (4, 6) for enc in frames[split]]
+        reqs = [_req(model, split, enc, TASKS) for split in (4, 6) for enc in frames[split]]
         reqs += [_req(model, 4, enc, ("cls",)) for enc in frames[4]]
         got = _concurrently(batched.infer, reqs)
         stats = batched.batch_stats()

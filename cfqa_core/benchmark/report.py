@@ -131,6 +131,16 @@ def _index(summary) -> dict:
     return {(r.codec, r.task, r.metric): r for r in summary.itertuples()}
 
 
+def _cells(summary, metrics: Sequence[str]):
+    """``(codec, task, rows)`` of every table cell with a row for at least one metric, in table order."""
+    index = _index(summary)
+    for codec in sorted(summary["codec"].unique()):
+        for task in task_order(summary["task"].unique()):
+            rows = [index.get((codec, task, m)) for m in metrics]
+            if any(r is not None for r in rows):
+                yield codec, task, rows
+
+
 def results_table_markdown(summary, metrics: Sequence[str]) -> str:
     """The reference README's layout (Codec | Task | <Metric> PLCC | <Metric> SROCC | ...).
 
@@ -140,36 +150,26 @@ def results_table_markdown(summary, metrics: Sequence[str]) -> str:
     for m in metrics:
         head += [f"**{_name(m)} PLCC**", f"**{_name(m)} SROCC**"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":---:"] * len(head)) + "|"]
-    index = _index(summary)
-    for codec in sorted(summary["codec"].unique()):
-        for task in task_order(summary["task"].unique()):
-            rows = [index.get((codec, task, m)) for m in metrics]
-            if all(r is None for r in rows):
-                continue
-            n = max(r.n for r in rows if r is not None)
-            nf = max(r.n_features for r in rows if r is not None)
-            cells = [f"**{codec}**", TASK_DISPLAY.get(task, task), f"{n}/{nf}"]
-            for r in rows:
-                cells += ([_fmt(r.plcc) + _ci(r.plcc_lo, r.plcc_hi), _fmt(r.srocc) + _ci(r.srocc_lo, r.srocc_hi)]
-                          if r is not None else ["n/a", "n/a"])
-            lines.append("| " + " | ".join(cells) + " |")
+    for codec, task, rows in _cells(summary, metrics):
+        n = max(r.n for r in rows if r is not None)
+        nf = max(r.n_features for r in rows if r is not None)
+        cells = [f"**{codec}**", TASK_DISPLAY.get(task, task), f"{n}/{nf}"]
+        for r in rows:
+            cells += ([_fmt(r.plcc) + _ci(r.plcc_lo, r.plcc_hi), _fmt(r.srocc) + _ci(r.srocc_lo, r.srocc_hi)]
+                      if r is not None else ["n/a", "n/a"])
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def coverage_markdown(summary, metrics: Sequence[str]) -> str:
     head = ["Codec", "Task", "features"] + [f"{_name(m)} used / const / non-finite / short" for m in metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-    index = _index(summary)
-    for codec in sorted(summary["codec"].unique()):
-        for task in task_order(summary["task"].unique()):
-            rows = [index.get((codec, task, m)) for m in metrics]
-            if all(r is None for r in rows):
-                continue
-            nfeat = max(r.n_features for r in rows if r is not None)
-            cells = [codec, task, str(nfeat)] + [
-                f"{r.n} / {r.n_constant} / {r.n_nonfinite} / {r.n_short}" if r is not None else "n/a" for r in rows
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
+    for codec, task, rows in _cells(summary, metrics):
+        nfeat = max(r.n_features for r in rows if r is not None)
+        cells = [codec, task, str(nfeat)] + [
+            f"{r.n} / {r.n_constant} / {r.n_nonfinite} / {r.n_short}" if r is not None else "n/a" for r in rows
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -177,15 +177,10 @@ def oriented_markdown(summary, metrics: Sequence[str]) -> str:
     """Oriented PLCC mean [interval] and the per-feature std, per cell."""
     head = ["Codec", "Task"] + [f"{_name(m)}" for m in metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-    index = _index(summary)
-    for codec in sorted(summary["codec"].unique()):
-        for task in task_order(summary["task"].unique()):
-            rows = [index.get((codec, task, m)) for m in metrics]
-            if all(r is None for r in rows):
-                continue
-            vals = [f"{r.plcc_oriented:+.3f}{_ci(r.plcc_oriented_lo, r.plcc_oriented_hi)} ± {r.plcc_std:.3f}"
-                    if r is not None and np.isfinite(r.plcc_oriented) else "n/a" for r in rows]
-            lines.append("| " + " | ".join([codec, task, *vals]) + " |")
+    for codec, task, rows in _cells(summary, metrics):
+        vals = [f"{r.plcc_oriented:+.3f}{_ci(r.plcc_oriented_lo, r.plcc_oriented_hi)} ± {r.plcc_std:.3f}"
+                if r is not None and np.isfinite(r.plcc_oriented) else "n/a" for r in rows]
+        lines.append("| " + " | ".join([codec, task, *vals]) + " |")
     return "\n".join(lines)
 
 

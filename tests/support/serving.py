@@ -90,6 +90,22 @@ def scene_images(n: int, start: int = 0) -> list[np.ndarray]:
     return [render_scene(start + i).image for i in range(n)]
 
 
+def encoded_frames(model, n: int, *, start: int, rate_point: int, splits=(4, 6)) -> dict[int, list[dict]]:
+    """Per split, ``n`` scenes' cls+seg+dpt features HEVC-coded as an edge sends them: ``{split: [{task: enc}]}``."""
+    import cfqa_core.codecs as codecs
+    from cfqa_core.task_names import TASKS
+    from cfqa_edge.backends import TorchBackend
+
+    codec = codecs.get_codec("hevc")
+    out: dict[int, list[dict]] = {}
+    for split in splits:
+        backend = TorchBackend(model, split)
+        out[split] = [{t: codec.encode(f, rate_point, value_range=backend.value_range(t))
+                       for t, f in backend.features(image, TASKS).items()}
+                      for image in scene_images(n, start=start)]
+    return out
+
+
 def write_images(folder: str | Path, n: int, start: int = 0) -> list[Path]:
     """Save ``n`` scenes as PNG files ``frame_0000.png`` ... into ``folder``."""
     from PIL import Image
