@@ -303,6 +303,10 @@ def test_stream_idle_timeout_and_per_peer_cap(engine, model, hevc_payload) -> No
             with pytest.raises(grpc.RpcError):
                 next(other)
             outbox.put(None)
+            # The client sees the error before the server's handler has unwound: wait for it to release the slots.
+            deadline = time.monotonic() + 10
+            while running.servicer.streams.open_count and time.monotonic() < deadline:
+                time.sleep(0.01)
             assert running.servicer.streams.open_count == 0
     finally:
         running.stop(0).wait()
