@@ -55,6 +55,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from cfqa_core.task_names import TASKS  # noqa: E402
+
 THROUGHPUT_TARGET = 1.5
 TODAY = "one slot, eager (today)"
 
@@ -205,7 +207,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="batches computed at once (default: one per core, torch on one thread each)")
     ap.add_argument("--delay-ms", type=float, default=2.0)
-    ap.add_argument("--task", default="cls", choices=["cls", "seg", "dpt"])
+    ap.add_argument("--task", default="cls", choices=TASKS)
     ap.add_argument("--split", type=int, default=4)
     ap.add_argument("--server", action=argparse.BooleanOptionalAction, default=True,
                     help="also compare two 'cfqa cloud serve' processes over gRPC")

@@ -40,6 +40,7 @@ from cfqa_cloud.engine import (
 )
 from cfqa_cloud.metrics import CloudMetrics, label, log_access
 from cfqa_core.errors import CfqaError, DataError
+from cfqa_core.task_names import TASKS
 from cfqa_proto import cfqa_v1_pb2 as pb
 from cfqa_proto.convert import depth_to_png, encoded_from_payload, load_codecs, mask_to_png
 
@@ -48,7 +49,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitInference"].full_name
 # gRPC caps the status message (trailers) at 16 KB; requests can echo long names into errors.
 MAX_STATUS_CHARS = 512
 _INTERPRETER_EXITS = (KeyboardInterrupt, SystemExit, GeneratorExit)
-_TASKS = frozenset({"cls", "seg", "dpt"})
+_TASKS = frozenset(TASKS)
 _CODECS = frozenset(load_codecs())
 
 
