@@ -2,38 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
+from cfqa_core.argtypes import bounded
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be in 0..65535, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not (math.isfinite(value) and 0 < value <= 86400):
-        raise argparse.ArgumentTypeError(f"seconds must be in (0, 86400], got {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 0 <= value <= 100_000:
-        raise argparse.ArgumentTypeError(f"must be in 0..100000, got {value}")
-    return value
+_port = bounded(int, 0, 65535, name="port")
+_seconds = bounded(float, 0, 86400, name="seconds", low_open=True)
+_count = bounded(int, 0, 100_000)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
+from cfqa_core.argtypes import bounded
 from cfqa_core.task_names import TASKS
 
 
@@ -17,21 +16,6 @@ def _key_value(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
     return key, value
-
-
-def _bounded(kind: type, lo: float, hi: float) -> Callable[[str], float]:
-    """An argparse type: a finite number of ``kind`` in ``[lo, hi]``, else a one-line error."""
-
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: '{text}'") from None
-        if not (math.isfinite(value) and lo <= value <= hi):
-            raise argparse.ArgumentTypeError(f"must be in {lo:g}..{hi:g}, got {text}")
-        return value
-
-    return parse
 
 
 def default_spool_dir(spool_dir: str | None, out: str | None, node_id: str | None) -> Path:
@@ -74,27 +58,27 @@ def register(esub: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx-provider", action="append", default=None, metavar="NAME",
                    help="ONNX Runtime execution provider, in order of preference (repeatable; default: all "
                         "available, e.g. CUDAExecutionProvider then CPUExecutionProvider)")
-    p.add_argument("--threads", type=_bounded(int, 1, 1024), default=None, help="threads of the feature backend")
+    p.add_argument("--threads", type=bounded(int, 1, 1024), default=None, help="threads of the feature backend")
     p.add_argument("--out", default=None,
                    help="JSON-lines output, appended to; a restart resumes from it (default: stdout)")
     p.add_argument("--node-id", default=None)
     p.add_argument("--token", default=os.environ.get("CFQA_TOKEN"), help="bearer token (default: $CFQA_TOKEN)")
     p.add_argument("--tls-ca", default=None, help="PEM CA/certificate to verify the cloud (enables TLS)")
     p.add_argument("--tls-server-name", default=None, help="name the cloud certificate is checked against")
-    p.add_argument("--timeout", type=_bounded(float, 0.001, 86400), default=10.0, help="deadline of one call, seconds")
-    p.add_argument("--senders", type=_bounded(int, 1, 256), default=2, help="frames in flight at once")
-    p.add_argument("--queue", type=_bounded(int, 1, 100_000), default=32,
+    p.add_argument("--timeout", type=bounded(float, 0.001, 86400), default=10.0, help="deadline of one call, seconds")
+    p.add_argument("--senders", type=bounded(int, 1, 256), default=2, help="frames in flight at once")
+    p.add_argument("--queue", type=bounded(int, 1, 100_000), default=32,
                    help="waiting frames also held in memory (every frame is on disk in the spool; the rest "
                         "are read back from it)")
     p.add_argument("--spool-dir", default=None,
                    help="write-ahead spool, kept across runs so that a restart resumes (default: OUT.spool "
                         "beside --out, else $XDG_DATA_HOME/cfqa/edge-spool/NODE_ID)")
-    p.add_argument("--max-spool-mb", type=_bounded(float, 1, 1 << 24), default=1024.0,
+    p.add_argument("--max-spool-mb", type=bounded(float, 1, 1 << 24), default=1024.0,
                    help="disk budget of the spool; a frame that does not fit is dropped with its reason")
-    p.add_argument("--max-age", type=_bounded(float, 0.001, 30 * 86400), default=300.0,
+    p.add_argument("--max-age", type=bounded(float, 0.001, 30 * 86400), default=300.0,
                    help="drop a frame the cloud has not taken within this many seconds of capture")
-    p.add_argument("--retry-initial", type=_bounded(float, 0.001, 3600), default=0.2, help="first backoff, seconds")
-    p.add_argument("--retry-max", type=_bounded(float, 0.001, 3600), default=5.0, help="backoff cap, seconds")
+    p.add_argument("--retry-initial", type=bounded(float, 0.001, 3600), default=0.2, help="first backoff, seconds")
+    p.add_argument("--retry-max", type=bounded(float, 0.001, 3600), default=5.0, help="backoff cap, seconds")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run)
 
