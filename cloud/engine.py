@@ -21,6 +21,7 @@ eagerly.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import warnings
@@ -36,6 +37,7 @@ from cfqa_core.models.split_model import SplitModel
 from cfqa_core.tasks import TASKS, feature_shape
 from cfqa_proto.convert import load_codecs
 
+log = logging.getLogger("cfqa.cloud")
 DEFAULT_TOP_K = 5
 # Tasks whose cloud forward is traced (when the trace matches the eager output). dpt's head reads
 # several levels of one (N, L, T, D) feature and does not trace to a graph valid for every batch size.
@@ -197,8 +199,12 @@ class TracedForwards:
                 for _ in range(_PROBE_RUNS):
                     for x in probes:
                         if not torch.equal(traced(x), model.cloud_predict(task, x, split)):
+                            log.info("%s at split %d runs eagerly: its trace does not reproduce the eager output",
+                                     task, split)
                             return None
-        except Exception:  # noqa: BLE001 - any failure to trace or run the trace: the eager model answers
+        except Exception as exc:  # noqa: BLE001 - any failure to trace or run the trace: the eager model answers
+            log.info("%s at split %d runs eagerly: tracing failed (%s: %s)", task, split, type(exc).__name__,
+                     str(exc).splitlines()[0][:200] if str(exc) else "")
             return None
         return traced
 
