@@ -6,7 +6,7 @@ queue). The link keeps one "virtual bytes" counter ``v``: the bytes each
 active transfer has received so far. A transfer of ``B`` bytes joining at
 ``v0`` completes when ``v`` reaches ``v0 + B``, so the next completion is an
 index into the trace, not a per-packet event. "The opportunity at now" comes
-from a :class:`TraceCursor` that resumes from the link's previous answer (its
+from a :class:`~cfqa_sim.traces.TraceCursor` that resumes from the link's previous answer (its
 clock only moves forward) instead of searching the whole trace each time.
 Nothing accumulates while the link is idle or down: opportunities then are
 lost, as on a real link.
@@ -23,66 +23,16 @@ from __future__ import annotations
 
 import heapq
 import math
-from bisect import bisect_left
 from collections.abc import Callable, Generator
 from typing import NamedTuple
 
 import numpy as np
 import simpy
 
-from cfqa_sim.traces import _EPS_MS, MTU_BYTES, Trace
+from cfqa_sim.traces import MTU_BYTES, Trace
 
 LOSS_MODES: tuple[str, ...] = ("retransmit", "drop")
 _EPS_BYTES = 1e-6
-
-
-class TraceCursor:
-    """:meth:`Trace.index_at` and :meth:`Trace.time_s` for one reader whose clock moves forward.
-
-    A link asks for the opportunity at "now" on every arrival, and its
-    simulated clock never goes back: the cursor keeps its last answer (loop,
-    offset in the loop, the searched millisecond) and resumes from there,
-    searching only the opportunities after it (none when the answer has not
-    moved). A query in another loop or earlier than the last one falls back
-    to a search of the whole loop. Answers are the trace's, bit for bit: the
-    same arithmetic on the same values, and a search from the last offset
-    finds what the whole search finds because every opportunity before that
-    offset lies before the last (smaller or equal) searched millisecond.
-    """
-
-    __slots__ = ("_times", "_count", "_period", "_loop", "_k", "_x")
-
-    def __init__(self, trace: Trace) -> None:
-        self._times: list[float] = trace._times  # the trace's own plain-list copy (shared, not copied)
-        self._count = trace.count
-        self._period = trace.period_ms
-        self._loop = -1   # no answer yet: the first query searches
-        self._k = 0
-        self._x = math.inf
-
-    def index_at(self, t_s: float) -> int:
-        """Global index of the first opportunity at or after ``t_s`` (as :meth:`Trace.index_at`)."""
-        t_ms = t_s * 1000.0
-        period = self._period
-        loop = math.floor(t_ms / period)
-        x = t_ms - loop * period - _EPS_MS
-        times = self._times
-        if loop == self._loop and x >= self._x:
-            k = self._k
-            if k < self._count and times[k] < x:
-                k = bisect_left(times, x, k + 1)
-        else:
-            k = bisect_left(times, x)
-        self._loop, self._k, self._x = loop, k, x
-        count = self._count
-        if k == count:
-            return (loop + 1) * count
-        return loop * count + k
-
-    def time_s(self, j: int) -> float:
-        """Time in seconds of the global opportunity ``j`` (as :meth:`Trace.time_s`)."""
-        loop, k = divmod(j, self._count)
-        return (loop * self._period + self._times[k]) / 1000.0
 
 
 class Delivery(NamedTuple):
@@ -120,7 +70,7 @@ class Link:
         self.loss_mode = loss_mode
         self.offset_s = offset_s  # trace time = simulation time + offset
         self.rng = rng if rng is not None else np.random.default_rng(0)
-        self._cursor = TraceCursor(trace)
+        self._cursor = trace.cursor()
         self._index = self._cursor.index_at  # bound once: called on every arrival
         self.up = True
         self.wire_bytes = 0

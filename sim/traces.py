@@ -79,10 +79,60 @@ class Trace:
         loop, k = divmod(j, self.count)
         return (loop * self.period_ms + self._times[k]) / 1000.0
 
+    def cursor(self) -> TraceCursor:
+        """A :class:`TraceCursor` on this trace: ``index_at`` for a reader whose clock moves forward."""
+        return TraceCursor(self)
+
     def capacity_mbps(self, edges_s: np.ndarray) -> np.ndarray:
         """Mean capacity (Mbit/s) in each interval between consecutive ``edges_s``."""
         idx = np.array([self.index_at(float(t)) for t in edges_s], dtype=np.int64)
         return np.diff(idx) * MTU_BYTES * 8 / np.diff(edges_s) / 1e6
+
+
+class TraceCursor:
+    """:meth:`Trace.index_at` and :meth:`Trace.time_s` for one reader whose clock moves forward.
+
+    A link asks for the opportunity at "now" on every arrival, and its
+    simulated clock never goes back: the cursor keeps its last answer (loop,
+    offset in the loop, the searched millisecond) and resumes from there,
+    searching only the opportunities after it (none when the answer has not
+    moved). A query in another loop or earlier than the last one falls back
+    to a search of the whole loop. Answers are the trace's, bit for bit: the
+    same arithmetic on the same values, and a search from the last offset
+    finds what the whole search finds because every opportunity before that
+    offset lies before the last (smaller or equal) searched millisecond.
+    """
+
+    __slots__ = ("_times", "_count", "_period", "_loop", "_k", "_x", "time_s")
+
+    def __init__(self, trace: Trace) -> None:
+        self._times: list[float] = trace._times  # the trace's own plain-list copy (shared, not copied)
+        # Time in seconds of the global opportunity ``j``: the trace's own (no state involved).
+        self.time_s = trace.time_s
+        self._count = trace.count
+        self._period = trace.period_ms
+        self._loop = -1   # no answer yet: the first query searches
+        self._k = 0
+        self._x = math.inf
+
+    def index_at(self, t_s: float) -> int:
+        """Global index of the first opportunity at or after ``t_s`` (as :meth:`Trace.index_at`)."""
+        t_ms = t_s * 1000.0
+        period = self._period
+        loop = math.floor(t_ms / period)
+        x = t_ms - loop * period - _EPS_MS
+        times = self._times
+        if loop == self._loop and x >= self._x:
+            k = self._k
+            if k < self._count and times[k] < x:
+                k = bisect_left(times, x, k + 1)
+        else:
+            k = bisect_left(times, x)
+        self._loop, self._k, self._x = loop, k, x
+        count = self._count
+        if k == count:
+            return (loop + 1) * count
+        return loop * count + k
 
 
 # ---- loading ---------------------------------------------------------------------------

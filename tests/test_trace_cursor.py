@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cfqa_sim.link import TraceCursor
-from cfqa_sim.traces import find_trace, load_trace
+from cfqa_sim.traces import TraceCursor, find_trace, load_trace
 
 SHIPPED = ["cellular/Verizon-LTE-short.up", "cellular/TMobile-UMTS-driving.up"]
 
