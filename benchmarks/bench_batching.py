@@ -214,6 +214,7 @@ def server_rows(args, bench_grpc) -> dict:
         servers = {name: stack.enter_context(ServerProcess(a, env=env)) for name, (a, env) in configs.items()}
         for srv in servers.values():  # warm-up
             bench_grpc.run_level(srv.target, 2, 2, requests, "infer")
+        time.sleep(1.0)  # the servers' traced forwards build in the background from their first request (~0.3 s)
         for rnd in range(args.rounds):
             for name, srv in _rotated(list(servers.items()), rnd):
                 s0, c0 = _proc_cpu_s(srv.proc.pid), time.process_time()
@@ -296,6 +297,8 @@ def main(argv=None) -> int:
              "batched": (batched.infer, args.clients)}
     for call, _ in sides.values():  # warm-up
         call(engine_requests[0])
+    for engine in (plain, batched):  # the traces built before any timing
+        engine.warm(args.task, args.split)
     runs: dict[str, list[dict]] = {k: [] for k in sides}
     for rnd in range(args.rounds):
         for name, (call, clients) in _rotated(list(sides.items()), rnd):

@@ -136,7 +136,9 @@ class TracedForwards:
     """``cloud_predict(task, feature, split)`` of one model through a TorchScript trace per (task, split).
 
     Duck-types the model for :func:`cfqa_core.inference.predict`. The trace of
-    a (task, split) is built on its first call and kept only if it returns
+    a (task, split) is built on a background thread from its first call (the
+    eager model answers meanwhile, so no request waits the 0.3 s a build takes)
+    and kept only if it returns
     exactly (``torch.equal``) the eager output on seeded probe batches of
     several sizes, each run several times; otherwise, for tasks outside
     ``tasks``, or when tracing fails, the model's eager ``cloud_predict``
@@ -147,29 +149,43 @@ class TracedForwards:
     def __init__(self, model: SplitModel, tasks: Sequence[str] = TRACED_TASKS) -> None:
         self.model = model
         self.tasks = frozenset(tasks)
-        self._fns: dict[tuple[str, int], Callable | None] = {}
+        self._fns: dict[tuple[str, int], Callable | None] = {}   # settled: the trace, or None for eager
+        self._building: dict[tuple[str, int], threading.Thread] = {}
         self._lock = threading.Lock()
 
     def cloud_predict(self, task: str, feature, split: int | None = None):
         split = self.model.depth if split is None else split
-        try:
-            fn = self._fns[(task, split)]
-        except KeyError:
-            fn = self._build(task, split)
+        fn = self._fns.get((task, split))
         if fn is None:
+            if (task, split) not in self._fns:
+                self._start_build(task, split)
             return self.model.cloud_predict(task, feature, split)
         return fn(feature)
 
     def traced(self, task: str, split: int) -> bool:
-        """Whether (task, split) runs traced (builds the trace if not tried yet)."""
-        fn = self._fns[(task, split)] if (task, split) in self._fns else self._build(task, split)
-        return fn is not None
-
-    def _build(self, task: str, split: int) -> Callable | None:
+        """Whether (task, split) runs traced (starts the build if not tried yet and waits for it)."""
+        self._start_build(task, split)
         with self._lock:
-            if (task, split) not in self._fns:
-                self._fns[(task, split)] = self._trace(task, split) if task in self.tasks else None
-            return self._fns[(task, split)]
+            builder = self._building.get((task, split))
+        if builder is not None:
+            builder.join()
+        return self._fns[(task, split)] is not None
+
+    def _start_build(self, task: str, split: int) -> None:
+        key = (task, split)
+        with self._lock:
+            if key in self._fns or key in self._building:
+                return
+            # Not a daemon: an interpreter exiting mid-build waits for it rather than abort inside torch.
+            builder = threading.Thread(target=self._build, args=key, name=f"cfqa-trace-{task}-{split}")
+            self._building[key] = builder
+        builder.start()
+
+    def _build(self, task: str, split: int) -> None:
+        fn = self._trace(task, split) if task in self.tasks else None
+        with self._lock:
+            self._fns[(task, split)] = fn
+            del self._building[(task, split)]
 
     def _trace(self, task: str, split: int) -> Callable | None:
         import torch
@@ -251,6 +267,15 @@ class InferenceEngine:
     @classmethod
     def from_specs(cls, specs: Sequence[str], **kwargs) -> InferenceEngine:
         return cls(load_models(specs), **kwargs)
+
+    def warm(self, task: str, split: int) -> dict[str, bool]:
+        """Build the traces of (task, split) now and wait for them; whether each served model runs it traced.
+
+        Otherwise a trace is built in the background from the first request that
+        needs it (that request and those during the build run eagerly).
+        """
+        return {name: (self._forwards[id(m)].traced(task, split) if id(m) in self._forwards else False)
+                for name, m in self.models.items()}
 
     def model_versions(self) -> dict[str, str]:
         """{model id: version} of the models served under their own names."""

@@ -171,3 +171,14 @@ def test_cloud_serve_eager_turns_the_traces_off(monkeypatch) -> None:
     assert server_config(parser.parse_args(["cloud", "serve"]), None).traced_forward
     eager = server_config(parser.parse_args(["cloud", "serve", "--eager", "--max-batch-size", "4"]), None)
     assert not eager.traced_forward and eager.max_batch_size == 4
+
+
+def test_traces_build_in_the_background_and_warm_waits_for_them(model, frames) -> None:
+    engine = InferenceEngine({model.meta.name: model})
+    forwards = engine._forwards[id(model)]
+    req = _req(model, 4, frames[4][0], ("cls",))
+    first = engine.infer(req)  # answered at once (eagerly) while the cls trace of split 4 builds
+    assert engine.warm("cls", 4) == {model.meta.name: True} and forwards.traced("cls", 4)
+    _assert_identical(engine.infer(req).predictions, first.predictions)
+    assert engine.warm("dpt", 4) == {model.meta.name: False}
+    assert InferenceEngine({model.meta.name: model}, traced=False).warm("cls", 4) == {model.meta.name: False}

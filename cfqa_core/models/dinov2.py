@@ -253,7 +253,8 @@ class DinoVisionTransformer(nn.Module):
         """Continue from the tokens after block ``k`` to the end (final norm applied by default)."""
         self._check_block(k)
         expected = self.cfg.embed_dim
-        if tokens.ndim != 3 or tokens.shape[-1] != expected:
+        # (not while a trace records: it cannot keep a Python check; the traced caller checks shapes first)
+        if not torch.jit.is_tracing() and (tokens.ndim != 3 or tokens.shape[-1] != expected):
             raise ModelError(f"expected tokens N x T x {expected}, got {tuple(tokens.shape)}")
         for blk in self.blocks[k:]:
             tokens = blk(tokens)
