@@ -68,16 +68,15 @@ class RatePolicy(Protocol):
 
 def build_policy(name: str, options: dict[str, Any]) -> RatePolicy:
     """A policy of :mod:`cfqa_edge.policies` by name (``name[:key=value...]`` allowed), for this runner."""
-    from cfqa_edge.policies import POLICIES as EDGE_POLICIES
     from cfqa_edge.policies.live import runner_factory
+    from cfqa_edge.policies.registry import REGISTRY
     from cfqa_edge.policies.spec import parse_spec
 
     spec = parse_spec(name)
     if spec.name in OFFLINE_POLICIES:
         raise PolicyError(f"policy '{spec.name}' is offline-only: {OFFLINE_POLICIES[spec.name]}; "
                           f"use it in 'cfqa run' scenarios or 'cfqa policies eval'")
-    if spec.name not in EDGE_POLICIES:
-        raise PolicyError(f"unknown policy '{spec.name}' (known: {', '.join(sorted(EDGE_POLICIES))})")
+    REGISTRY.get(spec.name)  # an unknown name: the registry's one-line error, naming the known ones
     return runner_factory(spec.name)({**spec.params, **options})
 
 

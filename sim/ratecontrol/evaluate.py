@@ -43,7 +43,7 @@ from cfqa_core.errors import DataError, PolicyError
 from cfqa_core.fidelity import DEFAULT_TOLERANCE, TOLERANCE_UNITS, within_tolerance
 from cfqa_edge.policies.api import as_decision
 from cfqa_edge.policies.plan import RatePlans
-from cfqa_edge.policies.registry import POLICIES, get_policy
+from cfqa_edge.policies.registry import REGISTRY, get_policy
 from cfqa_edge.policies.spec import PolicySpec, parse_spec
 from cfqa_sim.ratecontrol.fit import Deadline, fit_plan
 from cfqa_sim.ratecontrol.replay import (
@@ -233,8 +233,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                         f"'cfqa dataset build --out <build> --metrics ...,{cfg.metric}'")
     specs = [parse_spec(s) for s in cfg.policies]
     for spec in specs:
-        if spec.name not in POLICIES:
-            raise PolicyError(f"unknown policy '{spec.name}' (known: {', '.join(sorted(POLICIES))})")
+        REGISTRY.get(spec.name)  # an unknown name: the registry's one-line error, naming the known ones
     if MATCHED not in {s.label for s in specs}:
         specs.insert(0, parse_spec(MATCHED))
     if ORACLE not in {s.label for s in specs}:
