@@ -42,10 +42,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from cfqa_core.models.heads import DepthHead  # noqa: E402
+from tests.support.depth_reference import channels_first_depth  # noqa: E402
 
 COMPUTE_TARGET = 0.4
 SERVER_RSS_TARGET_MB = 450.0
@@ -56,12 +56,7 @@ class ChannelsFirstDepthHead(DepthHead):
     """The depth head as it was: channels-first upsampling and a softmax across the strided bin axis."""
 
     def forward(self, levels, grid, out_size):
-        feats = [torch.cat((p, c.unsqueeze(1).expand_as(p)), dim=-1) for c, p in levels]
-        scores = self.fc(torch.cat(feats, dim=-1))
-        n, _, k = scores.shape
-        logits = scores.transpose(1, 2).reshape(n, k, *grid)
-        logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
-        return torch.einsum("nkhw,k->nhw", logits.softmax(dim=1), self.bins)
+        return channels_first_depth(self, levels, grid, out_size)
 
 
 def old_head_of(model) -> ChannelsFirstDepthHead:

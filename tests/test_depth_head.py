@@ -4,20 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from cfqa_core.tasks import dpt_blocks, make_views
+from tests.support.depth_reference import channels_first_depth
 from tests.support.serving import scene_images
-
-
-def _reference(head, levels, grid, out_size) -> torch.Tensor:
-    """DINOv2's linear4 depth head written channels-first: upsample N x K x H x W, softmax over K."""
-    feats = [torch.cat((p, c.unsqueeze(1).expand_as(p)), dim=-1) for c, p in levels]
-    scores = head.fc(torch.cat(feats, dim=-1))
-    n, _, k = scores.shape
-    logits = scores.transpose(1, 2).reshape(n, k, *grid)
-    logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
-    return torch.einsum("nkhw,k->nhw", logits.softmax(dim=1), head.bins)
 
 
 def _levels(model, images):
@@ -32,7 +22,7 @@ def test_depth_equals_channels_first_definition(model, n_images) -> None:
     with torch.inference_mode():
         levels = _levels(model, scene_images(n_images))
         got = model.dpt_head(levels, model.grid(), size)
-        want = _reference(model.dpt_head, levels, model.grid(), size)
+        want = channels_first_depth(model.dpt_head, levels, model.grid(), size)
     assert got.shape == want.shape == (2 * n_images, *size)
     assert got.is_contiguous()
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=2e-5)
@@ -49,7 +39,7 @@ def test_depth_gradients_equal_channels_first_definition(model) -> None:
         levels = _levels(model, scene_images(1))
     grads = []
     for fn in (lambda lv: model.dpt_head(lv, model.grid(), size),
-               lambda lv: _reference(model.dpt_head, lv, model.grid(), size)):
+               lambda lv: channels_first_depth(model.dpt_head, lv, model.grid(), size)):
         model.dpt_head.zero_grad()
         lv = [(c.clone().requires_grad_(True), p.clone()) for c, p in levels]
         fn(lv).square().mean().backward()

@@ -15,24 +15,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from cfqa_core.models import heads
 from cfqa_core.models.dinov2 import Block, ViTConfig
 from cfqa_core.models.heads import DepthHead
-
-
-def _plain_scores(head: DepthHead, levels) -> torch.Tensor:
-    feats = [torch.cat((p, c.unsqueeze(1).expand_as(p)), dim=-1) for c, p in levels]
-    return head.fc(torch.cat(feats, dim=-1))
-
-
-def _plain_depth(scores: torch.Tensor, grid, out_size, bins: torch.Tensor) -> torch.Tensor:
-    """Channels-first: upsample N x K x H x W, softmax over K, expectation of the bins."""
-    n, _, k = scores.shape
-    logits = scores.transpose(1, 2).reshape(n, k, *grid)
-    logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
-    return torch.einsum("nkhw,k->nhw", logits.softmax(dim=1), bins.to(scores.dtype))
+from tests.support.depth_reference import channels_first_scores, depth_from_scores
 
 
 def _head_and_levels(embed_dim: int, n: int, grid, seed: int = 0):
@@ -49,7 +36,7 @@ def _head_and_levels(embed_dim: int, n: int, grid, seed: int = 0):
 def test_bin_scores_equal_fc_on_concatenated_features() -> None:
     head, levels = _head_and_levels(24, 3, (5, 7))
     with torch.inference_mode():
-        got, want = head.bin_scores(levels), _plain_scores(head, levels)
+        got, want = head.bin_scores(levels), channels_first_scores(head, levels)
     assert got.shape == want.shape == (3, 35, 32)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
@@ -69,14 +56,14 @@ def test_geometric_depth_equals_upsampled_softmax(n, grid, out_size) -> None:
         fast = heads._depth_geometric(scores, grid, out_size, head.bins)
         assert fast is not None and fast.shape == (n, *out_size) and fast.is_contiguous()
         # float32: within float32 rounding of the channels-first definition and of the upsampling path
-        want = _plain_depth(scores, grid, out_size, head.bins)
+        want = depth_from_scores(scores, grid, out_size, head.bins)
         torch.testing.assert_close(fast, want, rtol=0, atol=2e-5)
         torch.testing.assert_close(fast, head._depth_upsampled(scores, grid, out_size), rtol=0, atol=2e-5)
         assert float((fast - want).abs().max()) < 0.01 * float(want.std())  # not a constant match
         # float64: the same algorithm agrees with the definition to float64 rounding
         s64 = scores.double()
         fast64 = heads._depth_geometric(s64, grid, out_size, head.bins.double())
-        torch.testing.assert_close(fast64, _plain_depth(s64, grid, out_size, head.bins), rtol=0, atol=1e-10)
+        torch.testing.assert_close(fast64, depth_from_scores(s64, grid, out_size, head.bins), rtol=0, atol=1e-10)
         # and the head's forward takes this path
         torch.testing.assert_close(head(levels, grid, out_size), fast, rtol=0, atol=0)
 
@@ -89,7 +76,7 @@ def test_head_falls_back_to_upsampling_outside_the_fast_range() -> None:
         assert heads._depth_geometric(scores, grid, out_size, head.bins) is None
         got = head._depth_upsampled(scores, grid, out_size)
         assert torch.isfinite(got).all()
-        torch.testing.assert_close(got, _plain_depth(scores, grid, out_size, head.bins), rtol=0, atol=1e-4)
+        torch.testing.assert_close(got, depth_from_scores(scores, grid, out_size, head.bins), rtol=0, atol=1e-4)
         # a width that is not a whole multiple of the grid
         assert heads._depth_geometric(head.bin_scores(levels), grid, (42, 50), head.bins) is None
     # with autograd the head is the differentiable upsampling path
