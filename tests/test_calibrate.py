@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from cfqa_core.cli import main as cli_main
 from cfqa_core.errors import PolicyError
 from cfqa_edge.policies import as_decision, get_policy
 from cfqa_edge.policies.calibration import load_calibration
@@ -21,12 +22,6 @@ CUTOFF = 0.999
 @pytest.fixture
 def frame():
     return synthetic_frame(np.exp(np.random.default_rng(11).normal(-0.4, 0.6, 50)), cutoff=CUTOFF)
-
-
-def run_cli(argv, monkeypatch):
-    import cfqa_core.cli as cli
-
-    return cli.main(argv)
 
 
 def test_accuracy_units():
@@ -147,21 +142,21 @@ def test_seg_and_dpt_calibrate_in_their_units():
         assert curve.threshold_for(0.5) <= curve.threshold_for(0.0)
 
 
-def test_cli_writes_the_file_and_reports_errors(frame, tmp_path, monkeypatch, capsys):
+def test_cli_writes_the_file_and_reports_errors(frame, tmp_path, capsys):
     table = tmp_path / "table.parquet"
     frame.to_parquet(table)
     out = tmp_path / "thr.json"
-    rc = run_cli(["calibrate", "--table", str(table), "--metric", "cosine", "--task", "cls", "--tolerance", "0",
-                  "--codec", "hevc", "--out", str(out)], monkeypatch)
+    rc = cli_main(["calibrate", "--table", str(table), "--metric", "cosine", "--task", "cls", "--tolerance", "0",
+                  "--codec", "hevc", "--out", str(out)])
     assert rc == 0
     data = json.loads(out.read_text())
     cos = frame["cosine"].to_numpy()
     assert data["tasks"]["cls"]["hevc"]["threshold"] == cos[cos >= CUTOFF].min()
     assert "cls" in capsys.readouterr().out
-    assert run_cli(["calibrate", "--table", str(tmp_path / "missing.parquet")], monkeypatch) == 2
+    assert cli_main(["calibrate", "--table", str(tmp_path / "missing.parquet")]) == 2
     assert "benchmark table not found" in capsys.readouterr().err
-    assert run_cli(["calibrate", "--table", str(table), "--metric", "cka"], monkeypatch) == 2
+    assert cli_main(["calibrate", "--table", str(table), "--metric", "cka"]) == 2
     assert "no metric column 'cka'" in capsys.readouterr().err
-    assert run_cli(["calibrate", "--table", str(table), "--task", "seg"], monkeypatch) == 2
+    assert cli_main(["calibrate", "--table", str(table), "--task", "seg"]) == 2
     assert "no task 'seg'" in capsys.readouterr().err
     assert math.isfinite(data["tasks"]["cls"]["hevc"]["curve"]["best_rate_drop"])
