@@ -59,6 +59,20 @@ def test_rebuild_reuses_cache_and_new_metric_does_not_reencode(built, tmp_path):
     assert after["cka_seed"].notna().all()
 
 
+def test_task_aware_metrics_are_built_by_default_for_the_embedded_model_only(built, tmp_path):
+    from cfqa_core.benchmark.table.schema import DEFAULT_METRICS, default_metrics
+
+    assert default_metrics("embedded") == DEFAULT_METRICS + ("proxy", "proxy_risk")
+    assert default_metrics("/models/dinov2_vitg14.pth") == DEFAULT_METRICS
+    out, _ = built
+    result = build(_cfg(out, metrics=("mse", "cosine", "cka", "proxy", "proxy_risk")))
+    assert result.units_done == 2 and not result.failures
+    table = read_table(out, metrics=("proxy", "proxy_risk"))
+    # Seg: proxy counts relabelled pixels, proxy_risk their expected mIoU cost; both 0 exactly when nothing moved.
+    assert ((table["proxy"] == 0) == (table["proxy_risk"] == 0)).all()
+    assert table["proxy_risk"].between(-0.05, 1.0).all() and (table["proxy"] > 0).any()
+
+
 def test_corrupt_cache_entry_is_rebuilt(built):
     out, _ = built
     shard = next((out / "shards" / "seg" / "hevc").glob("*.parquet"))

@@ -309,3 +309,21 @@ def test_learned_column_is_never_reported_in_sample(tmp_path):
     md = learned_loco_markdown(loco)
     assert "| hevc | dpt | 3 | +0.500 | +0.250 | +0.400 | +0.400 |" in md and "PLCC +0.500 vs cosine +0.250" in md
     assert "No leave-one-codec-out result" in learned_loco_markdown(tmp_path / "missing.json")
+
+
+def test_report_tests_every_task_aware_metric_against_cosine(tmp_path):
+    """One verdict per task-aware column: a score that tracks the damage holds, a noisy one does not."""
+    table = make_table(images=40, tasks=("cls", "seg"), codecs=("hevc",), noise={"mse": 1.0, "cosine": 3.0},
+                       dist_scale=0.2)
+    rng = np.random.default_rng(1)
+    damage = 1.0 - table["task_score"].to_numpy()
+    table["proxy"] = damage + rng.normal(0, 0.01, len(table))
+    table["proxy_risk"] = damage + rng.normal(0, 3.0, len(table))
+    build_report(table, tmp_path / "rep", ["mse", "cosine", "proxy", "proxy_risk"], source="synthetic")
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert set(data["task_aware"]) == {"proxy", "proxy_risk"}
+    assert data["task_aware"]["proxy"]["status"] == HOLDS
+    assert data["task_aware"]["proxy_risk"]["status"] == FAILS
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "Task-aware metric `proxy` against cosine: holds" in md
+    assert "Task-aware metric `proxy_risk` against cosine: does not hold" in md

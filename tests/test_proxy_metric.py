@@ -87,6 +87,18 @@ def test_training_recovers_the_head_at_the_last_block(tmp_path):
     assert set(heads.heads) == {("cls", 8)} and heads.default_split == 8
 
 
+def test_seg_training_fits_and_stores_the_risk_calibration(tmp_path):
+    from cfqa_core.training.train_proxy import ProxyTrainConfig, train_proxies
+
+    cfg = ProxyTrainConfig(splits=(8,), tasks=("seg",), images={"seg": 6}, noise_levels=(0.0,), risk_images=6)
+    result = train_proxies(cfg, tmp_path / "p.npz", progress=False)
+    fit = result["fit"][0]["seg_risk"]
+    assert fit["images"] == 6 and str(fit["correlation"]) in fit["miou_rmse"]
+    assert min(fit["miou_rmse"].values()) == fit["miou_rmse"][str(fit["correlation"])]
+    cal = ProxySet.load(tmp_path / "p.npz").head("seg", 8).seg_risk.cal
+    assert cal.temperature == pytest.approx(fit["temperature"], abs=1e-4) and cal.correlation == fit["correlation"]
+
+
 def test_class_damage_grows_with_the_rank_lost():
     from cfqa_core.metrics.proxy import class_damage
 

@@ -190,7 +190,8 @@ def test_codec_list_command_prints_every_registered_name(capsys):
 def test_metrics_registered_with_keywords():
     from cfqa_core.metrics import METRICS, REGISTRY, get_metric, metric_names
 
-    assert list(METRICS) == ["mse", "psnr", "cosine", "cosine_flat", "cka", "cka_seed", "learned", "proxy"]
+    assert list(METRICS) == ["mse", "psnr", "cosine", "cosine_flat", "cka", "cka_seed", "learned", "proxy",
+                             "proxy_risk"]
     assert metric_names() == sorted(METRICS) and metric_names("cka*") == ["cka", "cka_seed"]
     psnr = get_metric("psnr")
     assert psnr.higher_is_better and psnr.range is None and psnr.kwargs == ("value_range",)

@@ -334,7 +334,8 @@ def finding_low_rate(halves, boot: OriginalBootstrap) -> Verdict:
 
 def finding_proxy(cells_plcc: Cells, cells_srocc: Cells, metric: str = "proxy") -> Verdict:
     """Not the paper's: the task-aware metric beats cosine by >= PROXY_GAIN in PLCC and SROCC on every task."""
-    claim = f"the task-aware metric beats cosine by >= {PROXY_GAIN:.2f} in PLCC and SROCC on every task"
+    claim = f"the task-aware metric {metric} beats cosine by >= {PROXY_GAIN:.2f} in PLCC and SROCC on every task"
+    key = "proxy_beats_cosine" if metric == "proxy" else f"{metric}_beats_cosine"
     comps = []
     for name, cells in (("PLCC", cells_plcc), ("SROCC", cells_srocc)):
         keys = cells.keys()
@@ -349,8 +350,8 @@ def finding_proxy(cells_plcc: Cells, cells_srocc: Cells, metric: str = "proxy") 
             comps.append(compare(f"{t} {name} {metric} - cosine - {PROXY_GAIN:.2f}", a, b, pa, pb, na,
                                  offset=PROXY_GAIN, margin=0.0))
     if not comps:
-        return Verdict("proxy_beats_cosine", claim, UNTESTABLE, f"needs '{metric}' and cosine on the same cells")
-    return Verdict("proxy_beats_cosine", claim, combine([c.status for c in comps]),
+        return Verdict(key, claim, UNTESTABLE, f"needs '{metric}' and cosine on the same cells")
+    return Verdict(key, claim, combine([c.status for c in comps]),
                    _join(comps) + " (mean over the task's codecs; > 0 means the target is met).", comparisons=comps)
 
 

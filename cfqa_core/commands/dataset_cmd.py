@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--codecs", default=None, help="comma list (default: every available codec)")
     b.add_argument("--ladder", default="operating", choices=["operating", "paper"],
                    help="operating: task-lossless to task-broken (default); paper: the CFQA paper's QP 2..20")
-    b.add_argument("--metrics", default=None, help="comma list (default: mse,psnr,cosine,cosine_flat,cka)")
+    b.add_argument("--metrics", default=None,
+                   help="comma list (default: mse,psnr,cosine,cosine_flat,cka; with the embedded model also "
+                   "proxy,proxy_risk)")
     b.add_argument("--workers", type=int, default=2)
     b.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run units on a Ray cluster (local if no address)")
@@ -35,7 +37,7 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
 
 def _build(args: argparse.Namespace) -> int:
     from cfqa_core.benchmark.table.builder import BuildConfig, build
-    from cfqa_core.benchmark.table.schema import DEFAULT_METRICS
+    from cfqa_core.benchmark.table.schema import default_metrics
     from cfqa_core.tasks import get_task
 
     tasks = _csv(args.tasks) or ()
@@ -44,7 +46,7 @@ def _build(args: argparse.Namespace) -> int:
     n = args.n_per_task or (SMALL_PER_TASK if args.small else 100)
     cfg = BuildConfig(
         out=args.out, model=args.model, n_per_task=n, tasks=tasks, codecs=_csv(args.codecs),
-        ladder=args.ladder, metrics=_csv(args.metrics) or DEFAULT_METRICS, workers=args.workers,
+        ladder=args.ladder, metrics=_csv(args.metrics) or default_metrics(args.model), workers=args.workers,
         use_ray=args.ray is not None, ray_address=args.ray or None, progress=not args.json,
     )
     result = build(cfg)

@@ -23,7 +23,7 @@ from cfqa_core.metrics.base import MetricFn, MetricSpec, check_pair
 from cfqa_core.metrics.cka import cka, cka_seed
 from cfqa_core.metrics.cosine import cosine, cosine_flat
 from cfqa_core.metrics.learned import learned
-from cfqa_core.metrics.proxy import proxy
+from cfqa_core.metrics.proxy import proxy, proxy_risk
 from cfqa_core.metrics.signal import mse, psnr
 from cfqa_core.registry import Registry
 
@@ -57,6 +57,7 @@ register_metric("cka", cka, higher_is_better=True, range=(0.0, 1.0), min_ndim=2)
 register_metric("cka_seed", cka_seed, higher_is_better=True, range=(0.0, 1.0), min_ndim=2)
 register_metric("learned", learned, higher_is_better=False, kwargs=("task",), min_ndim=2)
 register_metric("proxy", proxy, higher_is_better=False, kwargs=("task", "split"), min_ndim=2)
+register_metric("proxy_risk", proxy_risk, higher_is_better=False, kwargs=("task", "split"), min_ndim=2)
 
 
 def metric_names(filter: str | None = None) -> list[str]:

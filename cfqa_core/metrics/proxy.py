@@ -28,17 +28,26 @@ outputs on features of the *train* split, clean and with added noise
 (``cfqa train-metric --kind proxy``, :mod:`cfqa_core.training.train_proxy`):
 no label, no codec and no benchmark image is used. One weight set per
 (task, split); numpy at run time, a few matrix products per frame.
+
+``proxy_risk`` is the same proxy scored by the task's loss instead of the
+output change: on Seg the expected mIoU loss of f^'s labels under the
+proxy's posterior at f (:mod:`cfqa_core.metrics.seg_risk`; unit mIoU, 0 =
+unchanged, slightly negative when f^ drops a label the posterior doubts);
+on Cls and Dpt it equals ``proxy``. ``proxy`` is the score to steer by output
+fidelity (the rate-control tolerance); ``proxy_risk`` tracks the task's
+ground-truth distortion, which the benchmark's protocol correlates with.
 """
 from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cfqa_core.errors import MetricError
+from cfqa_core.metrics.seg_risk import SegRisk, SegRiskCalibration
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights" / "metrics" / "proxy"
 # Seg/Dpt outputs are compared on a grid this many times finer than the patch grid: Seg at the
@@ -83,6 +92,7 @@ class ProxyHead:
     bias: np.ndarray     # (out,)
     bins: np.ndarray | None = None   # dpt: depth of each bin (metres)
     prefix_tokens: int = 1
+    seg_risk: SegRisk | None = field(default=None, compare=False)   # seg: calibrated expected-mIoU loss
 
     def outputs(self, feature: np.ndarray) -> np.ndarray:
         x = proxy_inputs(self.task, feature, self.prefix_tokens)
@@ -106,6 +116,20 @@ class ProxyHead:
             return float(np.mean(merge_views(ref).argmax(axis=-1) != merge_views(out).argmax(axis=-1)))
         d_ref, d_out = merge_views(self.depth(ref)), merge_views(self.depth(out))
         return float(np.sqrt(np.mean((d_out - d_ref) ** 2)) / max(float(np.mean(np.abs(d_ref))), 1e-9))
+
+    def label_logits(self, feature: np.ndarray) -> np.ndarray:
+        """Seg: the merged (H, W, C) class logits at the head's output resolution."""
+        return merge_views(upsample_patches(self.outputs(feature), UPSAMPLE["seg"]))
+
+    def risk(self, f: np.ndarray, fhat: np.ndarray) -> float:
+        """Seg: the expected mIoU loss from f to f^ (:mod:`cfqa_core.metrics.seg_risk`); else :meth:`damage`."""
+        if self.task != "seg":
+            return self.damage(f, fhat)
+        if self.seg_risk is None:
+            raise MetricError(f"proxy_risk: the seg proxy of split {self.split} has no risk calibration "
+                              "(retrain it with 'cfqa train-metric --kind proxy')")
+        f = np.asarray(f, dtype=np.float32)
+        return self.seg_risk(f, lambda: self.label_logits(f), self.label_logits(fhat))
 
 
 @functools.lru_cache(maxsize=8)
@@ -182,12 +206,13 @@ class ProxySet:
                 heads = {}
                 for entry in meta["heads"]:
                     key = f"{entry['task']}/{entry['split']}"
+                    risk = SegRisk(SegRiskCalibration.from_array(z[f"{key}/risk"])) if f"{key}/risk" in z else None
                     heads[(entry["task"], int(entry["split"]))] = ProxyHead(
                         entry["task"], int(entry["split"]), z[f"{key}/weight"].astype(np.float32),
                         z[f"{key}/bias"].astype(np.float32),
                         z[f"{key}/bins"].astype(np.float32) if f"{key}/bins" in z else None,
-                        int(meta.get("prefix_tokens", 1)))
-        except (OSError, ValueError, KeyError) as exc:
+                        int(meta.get("prefix_tokens", 1)), risk)
+        except (OSError, ValueError, KeyError, MetricError) as exc:
             raise MetricError(f"proxy metric weights {path} are unreadable: {str(exc).splitlines()[0]}") from None
         return cls(heads, int(meta["default_split"]), str(meta.get("model", "?")))
 
@@ -211,3 +236,10 @@ def proxy(f: np.ndarray, fhat: np.ndarray, task: str | None = None, split: int |
     if task is None:
         raise MetricError("proxy metric needs the task (cls, seg or dpt)")
     return shipped_proxies().head(task, split).damage(f, fhat)
+
+
+def proxy_risk(f: np.ndarray, fhat: np.ndarray, task: str | None = None, split: int | None = None) -> float:
+    """Task loss of f^ predicted by the proxy: Seg the expected mIoU loss, else :func:`proxy` (lower is better)."""
+    if task is None:
+        raise MetricError("proxy_risk metric needs the task (cls, seg or dpt)")
+    return shipped_proxies().head(task, split).risk(f, fhat)

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cfqa_core.metrics.proxy import DEFAULT_WEIGHTS, proxy_inputs
+from cfqa_core.metrics.proxy import DEFAULT_WEIGHTS, ProxyHead, proxy_inputs
 from cfqa_core.tasks import TASKS, dpt_blocks, feature_blocks
+from cfqa_core.training.seg_risk_fit import fit_seg_risk
 
 
 @dataclass
@@ -33,6 +34,7 @@ class ProxyTrainConfig:
     noise_levels: tuple[float, ...] = (0.0, 0.03, 0.1, 0.2, 0.35)
     ridge: float = 1e-3   # relative to the mean diagonal of X^T X
     seed: int = 0
+    risk_images: int = 120   # seg: train images (with their masks) that calibrate proxy_risk
 
 
 @torch.inference_mode()
@@ -101,10 +103,18 @@ def train_proxies(cfg: ProxyTrainConfig, out: str | Path = DEFAULT_WEIGHTS, prog
             arrays[f"{key}/weight"], arrays[f"{key}/bias"] = weight, bias
             if task == "dpt":
                 arrays[f"{key}/bins"] = model.dpt_head.bins.numpy().astype(np.float32)
+            if task == "seg":
+                head = ProxyHead(task, split, weight, bias, prefix_tokens=model.backbone.num_prefix_tokens)
+                n = min(cfg.risk_images, len(scenes.masks))
+                per_image = feat[: n * views.shape[1]].reshape(n, views.shape[1], *feat.shape[1:])
+                cal, risk_report = fit_seg_risk(np.stack([head.label_logits(f) for f in per_image]),
+                                                scenes.masks[:n])
+                arrays[f"{key}/risk"] = cal.to_array()
             heads.append({"task": task, "split": split, "inputs": int(weight.shape[0]),
                           "outputs": int(weight.shape[1])})
             fit_report.append({"task": task, "split": split,
-                               "r2_clean": _r2(model, task, feat[: min(len(feat), 128)], split, weight, bias)})
+                               "r2_clean": _r2(model, task, feat[: min(len(feat), 128)], split, weight, bias),
+                               **({"seg_risk": risk_report} if task == "seg" else {})})
     meta = {"model": cfg.model, "default_split": model.depth, "prefix_tokens": model.backbone.num_prefix_tokens,
             "heads": heads, "config": asdict(cfg), "fit": fit_report, "seconds": round(time.time() - t0, 1)}
     out = Path(out)

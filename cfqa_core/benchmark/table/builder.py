@@ -171,8 +171,9 @@ def run_unit(out: str, model_name: str, task: str, codec_name: str, index: int,
         if decoded is None:
             decoded = _decode_all(codec, rows, f.shape)
             _atomic_save_npy(dpath, decoded.astype(np.float32))
+        missing = [m for m in metrics if m not in cached.columns]   # the others' scores are in the shard
         for r, fhat in zip(rows, decoded):
-            r.update(_metric_scores(metrics, f, fhat, orig.value_range, task))
+            r.update(_metric_scores(missing, f, fhat, orig.value_range, task))
         _write_shard(pd.DataFrame(rows), shard)
         return {"status": "metrics"}
 
