@@ -7,14 +7,19 @@ the softmax taken across the strided bin axis; blocks with LayerScale as its own
 multiply before the residual add. "After" is the shipped code: ``DepthHead.bin_scores``
 (the CLS share of ``fc`` once per image) and, without autograd, the geometric depth path
 (``heads._depth_geometric``: between two patch columns the upsampled logits are linear,
-so each span of 14 pixels needs two exponentials per bin instead of 14); blocks with
-LayerScale fused into the residual add (``torch.addcmul``). Both run on the same real
+so each span of 14 pixels needs two exponentials per bin instead of 14, the bins the
+outer axis and the rows a band at a time in a workspace that stays in L2); blocks with
+LayerScale fused into the residual add (``torch.addcmul``). In the engine, the blocks,
+the norm and ``bin_scores`` run as one graph (``SplitModel.dpt_scores``): a TorchScript
+trace, run by ONNX Runtime when it is installed (``cloud.engine.TracedForwards``), the
+per-pixel depth after it; "before" runs eagerly, as dpt did. Both run on the same real
 levels (the embedded model's tokens of rendered scenes), in interleaved rounds so that
-load from other processes hits both alike; torch on one thread.
+load from other processes hits both alike; torch (and ONNX Runtime) on one thread.
 
 1. the head alone (one request = 2 views);
 2. a whole dpt request's compute as the cloud runs it (``InferenceEngine.compute``:
    remaining blocks after split 4 + norm + head), decoded from a real HEVC payload;
+   also the shipped code with ONNX Runtime off (the TorchScript trace), each right after a "before";
 3. peak memory (``VmHWM``) of a fresh process running 8 threads of dpt compute, each side, and
    the shipped code behind the engine's dynamic batcher;
 4. (``--server``) peak memory of a ``cfqa cloud serve`` process under 16 clients of dpt calls.
@@ -81,17 +86,34 @@ class PreviousBlock(nn.Module):
 
 
 class Sides:
-    """Switches a model between "before" (previous head and blocks) and "after" (the shipped ones)."""
+    """Switches a model between "before" (previous head and blocks) and "after" (the shipped ones).
 
-    def __init__(self, model) -> None:
+    ``use`` returns the engine that runs the side: "after" the shipped engine (its dpt forward
+    traced up to the bin scores, in ONNX Runtime when installed, built by ``prepare``),
+    "after_torch" the shipped engine with ONNX Runtime off (the TorchScript trace), "before"
+    an engine without traces, as dpt ran before (a trace would also keep running the shipped
+    blocks).
+    """
+
+    def __init__(self, model, engine) -> None:
+        from cfqa_cloud.engine import InferenceEngine
+
         self.model = model
         self.heads = {"after": model.dpt_head, "before": old_head_of(model)}
         self.blocks = {"after": model.backbone.blocks,
                        "before": nn.ModuleList(PreviousBlock(b) for b in model.backbone.blocks)}
+        self.engines = {"after": engine, "before": InferenceEngine({model.meta.name: model}, traced=False)}
 
-    def use(self, side: str) -> None:
-        self.model.dpt_head = self.heads[side]
-        self.model.backbone.blocks = self.blocks[side]
+    def use(self, side: str):
+        from cfqa_cloud.engine import InferenceEngine
+
+        modules = "before" if side == "before" else "after"
+        self.model.dpt_head = self.heads[modules]
+        self.model.backbone.blocks = self.blocks[modules]
+        if side not in self.engines:  # "after_torch", built (and its trace) only when asked for
+            self.engines[side] = InferenceEngine({self.model.meta.name: self.model}, onnxruntime=False)
+            self.engines[side].warm("dpt", SPLIT)
+        return self.engines[side]
 
 
 def _vmhwm_mb(pid: int | str = "self") -> float:
@@ -102,12 +124,14 @@ def _vmhwm_mb(pid: int | str = "self") -> float:
     return float("nan")
 
 
-def prepare(n_frames: int = 4):
-    """Model, engine, validated dpt requests at SPLIT and their decoded features."""
+def prepare(n_frames: int = 4, warm: bool = True):
+    """Model, engine, validated dpt requests at SPLIT and their decoded features (``warm``: dpt forward built)."""
     import bench_grpc
 
     torch.set_num_threads(1)
     model, engine, requests, engine_requests = bench_grpc.prepare("embedded", "dpt", SPLIT, 10, n_frames)
+    if warm:
+        engine.warm("dpt", SPLIT)  # the traced forward built before any timing
     checked = [engine.validate(r) for r in engine_requests]
     feats = [engine.decode(c) for c in checked]
     return model, engine, requests, checked, feats
@@ -132,21 +156,29 @@ def head_alone(model, old, new, levels, rounds: int) -> dict:
     return {"max_abs_diff_m": diff, **_summary(times)}
 
 
-def request_compute(sides: Sides, engine, checked, feats, rounds: int) -> dict:
-    times = {"before": [], "after": []}
-    outs = {}
-    for side in ("before", "after"):  # warm-up and outputs
-        sides.use(side)
-        outs[side] = engine.compute(checked[0], feats[0])[0].depth
-    for i in range(rounds):
-        c, f = checked[i % len(checked)], feats[i % len(feats)]
-        for side in ("before", "after"):
-            sides.use(side)
-            times[side].append(_timed(lambda: engine.compute(c, f)))
-    sides.use("after")
+def request_compute(sides: Sides, checked, feats, rounds: int) -> dict:
+    """Before vs after (the shipped engine), and before vs the shipped engine with ONNX Runtime off."""
     import numpy as np
 
-    return {"max_abs_diff_m": float(np.abs(outs["before"] - outs["after"]).max()), **_summary(times)}
+    outs = {}
+    for side in ("before", "after", "after_torch"):  # warm-up and outputs
+        engine = sides.use(side)
+        outs[side] = engine.compute(checked[0], feats[0])[0].depth
+    # Each "after" right after a "before", as the shipped side always ran: "before" flushes the caches.
+    pairs = {"after": {"before": [], "after": []}, "after_torch": {"before": [], "after": []}}
+    for i in range(rounds):
+        c, f = checked[i % len(checked)], feats[i % len(feats)]
+        for after in ("after", "after_torch"):
+            for side in ("before", after):
+                engine = sides.use(side)
+                pairs[after]["before" if side == "before" else "after"].append(_timed(lambda: engine.compute(c, f)))
+    sides.use("after")
+    return {"max_abs_diff_m": float(np.abs(outs["before"] - outs["after"]).max()),
+            "runtime": sides.engines["after"]._forwards[id(sides.model)].runtimes.get(("dpt", SPLIT), "eager"),
+            **_summary(pairs["after"]),
+            "onnxruntime_off": {"max_abs_diff_m": float(np.abs(outs["before"] - outs["after_torch"]).max()),
+                                "max_abs_diff_vs_after_m": float(np.abs(outs["after"] - outs["after_torch"]).max()),
+                                **_summary(pairs["after_torch"])}}
 
 
 def _summary(times: dict[str, list[tuple[float, float]]]) -> dict:
@@ -168,13 +200,14 @@ def rss_child(side: str, threads: int, calls: int) -> None:
     callers decoding and waiting while the worker computes: the forward passes, and so the
     allocator's per-thread arenas that hold their temporaries, stay on one thread.
     """
-    from cloud.engine import InferenceEngine
+    from cfqa_cloud.engine import InferenceEngine
 
-    model, engine, _, checked, feats = prepare(2)
+    model, engine, _, checked, feats = prepare(2, warm=side == "after")
     if side == "before":
-        Sides(model).use("before")
+        engine = Sides(model, engine).use("before")
     if side == "batched":
         engine = InferenceEngine({model.meta.name: model}, max_batch_size=8, max_batch_delay_s=0.002)
+        engine.warm("dpt", SPLIT)
     engine.compute(checked[0], feats[0])
     base = _vmhwm_mb()
     barrier = threading.Barrier(threads)
@@ -231,13 +264,18 @@ def write_markdown(path: Path, r: dict) -> None:
              "interleaved rounds.", "",
              "Wall time, and the CPU time of the computing thread (which other processes' load inflates less).", "",
              "Before: the channels-first depth head (CLS repeated per patch, upsample N x K x H x W, softmax "
-             "over K) and blocks with a separate LayerScale multiply. After: the CLS share of the head's linear "
-             "layer once per image, the geometric depth path (two exponentials per bin per 14-pixel span instead "
-             "of 14) and LayerScale fused into the residual add.",
+             "over K) and blocks with a separate LayerScale multiply, run eagerly. After: the CLS share of the "
+             "head's linear layer once per image, the geometric depth path (two exponentials per bin per 14-pixel "
+             "span instead of 14, bins as the outer axis, rows a band at a time in an L2-sized workspace) and "
+             "LayerScale fused into the residual add; in the engine the blocks, the norm and the bin scores run "
+             "as one graph (TorchScript trace, in ONNX Runtime when installed), the per-pixel depth after it.",
              "", "| what | rounds | before wall ms (median / min) | after wall ms (median / min) "
              "| after / before wall (median) | before CPU ms | after CPU ms | after / before CPU | max abs diff (m) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, row in (("head alone (2 views)", h), ("dpt request compute (blocks 5-8 + norm + head)", c)):
+    rows = [("head alone (2 views)", h), (f"dpt request compute (blocks 5-8 + norm + head; {c['runtime']})", c)]
+    if "onnxruntime_off" in c:
+        rows.append(("dpt request compute, ONNX Runtime off (TorchScript trace)", c["onnxruntime_off"]))
+    for name, row in rows:
         lines.append(f"| {name} | {row['rounds']} | {row['before_ms_median']:.2f} / {row['before_ms_min']:.2f} | "
                      f"{row['after_ms_median']:.2f} / {row['after_ms_min']:.2f} | **{row['ratio_median']:.3f}** | "
                      f"{row['before_cpu_ms_median']:.2f} | {row['after_cpu_ms_median']:.2f} | "
@@ -265,6 +303,12 @@ def write_markdown(path: Path, r: dict) -> None:
               f"The ratio of the fastest rounds (wall), where other processes' load disturbs \"before\" least, "
               f"is {c['ratio_min']:.3f}. The remaining four blocks are now most of a dpt request; their matrix "
               "products run near the core's float32 peak."]
+    if "onnxruntime_off" in c:
+        t = c["onnxruntime_off"]
+        lines += ["", f"With ONNX Runtime off (the TorchScript trace, bit for bit the eager model): after / before "
+                  f"{t['ratio_median']:.3f} wall, {t['ratio_cpu_median']:.3f} CPU; ONNX Runtime's depth differs "
+                  f"from the trace's by at most {t['max_abs_diff_vs_after_m']:.2g} m (float32 rounding of other "
+                  "kernels)."]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -284,7 +328,7 @@ def main(argv=None) -> int:
         return 0
     load0 = [round(v, 2) for v in os.getloadavg()]
     model, engine, requests, checked, feats = prepare()
-    sides = Sides(model)
+    sides = Sides(model, engine)
     new, old = sides.heads["after"], sides.heads["before"]
     with torch.inference_mode():
         dec = torch.from_numpy(feats[0][0])  # (2, L, T, D) at the split
@@ -294,7 +338,7 @@ def main(argv=None) -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                     "loadavg_start": load0, "note": "shared machine: other processes ran alongside"},
         "head_alone": head_alone(model, old, new, levels, args.rounds),
-        "request_compute": request_compute(sides, engine, checked, feats, args.rounds),
+        "request_compute": request_compute(sides, checked, feats, args.rounds),
         "rss": rss_compare(args.threads, args.calls),
     }
     if args.server:

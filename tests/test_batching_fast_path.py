@@ -2,19 +2,24 @@
 reproduce runs eagerly; the server sizes torch's threads to the batch workers."""
 from __future__ import annotations
 
+import importlib.util
+import sys
 import threading
 
 import numpy as np
 import pytest
 import torch
 
-from cfqa_cloud.engine import InferenceEngine, InferenceRequest, TaskPayload, TracedForwards
+from cfqa_cloud.engine import ONNX_TOLERANCE, InferenceEngine, InferenceRequest, TaskPayload, TracedForwards
 from cfqa_cloud.server import ServerConfig, torch_threads_for, usable_cores
 from cfqa_core.task_names import TASKS
+from cfqa_core.tasks import make_views
 from cfqa_proto.convert import load_codecs
-from tests.support.serving import encoded_frames
+from tests.support.depth_reference import channels_first_depth
+from tests.support.serving import encoded_frames, scene_images
 
 load_codecs()
+_HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
 
 
 @pytest.fixture(scope="module")
@@ -33,38 +38,49 @@ def _req(model, split, encoded, tasks=TASKS) -> InferenceRequest:
     return InferenceRequest(model.meta.name, split, [TaskPayload(t, encoded[t]) for t in tasks], top_k=5)
 
 
-def _assert_identical(a, b) -> None:
-    """Bit for bit: class ids, labels and float scores; masks; depth maps."""
+def _assert_identical(a, b, depth_atol: float = 0.0) -> None:
+    """Bit for bit: class ids, labels and float scores; masks; depth maps (to ``depth_atol`` metres if given)."""
     for pa, pb in zip(a, b, strict=True):
         assert pa.task == pb.task
         assert pa.top_k == pb.top_k
-        for x, y in ((pa.mask, pb.mask), (pa.depth, pb.depth)):
+        for x, y, atol in ((pa.mask, pb.mask, 0.0), (pa.depth, pb.depth, depth_atol)):
             assert (x is None) == (y is None)
             if x is not None:
-                assert x.dtype == y.dtype and np.array_equal(x, y)
+                assert x.dtype == y.dtype and x.shape == y.shape
+                assert np.array_equal(x, y) if atol == 0.0 else float(np.abs(x - y).max()) <= atol
+
+
+def _dpt_atol(engine, model, split: int) -> float:
+    """What the engine's dpt answers may differ by from the eager model's: 0 traced, float32 rounding in ORT."""
+    runtime = engine._forwards[id(model)].runtimes.get(("dpt", split), "torch")
+    return ONNX_TOLERANCE if runtime == "onnxruntime" else 0.0
 
 
 def test_single_frames_are_answered_exactly_as_by_the_eager_model(model, engines, frames) -> None:
     traced, eager = engines
     for split in (4, 6):
+        traced.warm("dpt", split)
         for enc in frames[split]:
             req = _req(model, split, enc)
-            _assert_identical(traced.infer(req).predictions, eager.infer(req).predictions)
+            _assert_identical(traced.infer(req).predictions, eager.infer(req).predictions,
+                              depth_atol=_dpt_atol(traced, model, split))
     forwards = traced._forwards[id(model)]
-    assert forwards.traced("cls", 4) and forwards.traced("seg", 6)
-    assert not forwards.traced("dpt", 4)  # not traced: the eager model answers
+    assert forwards.traced("cls", 4) and forwards.traced("seg", 6) and forwards.traced("dpt", 4)
+    assert forwards.runtimes[("cls", 4)] == forwards.runtimes[("seg", 6)] == "torch"
+    assert forwards.runtimes[("dpt", 4)] == ("onnxruntime" if _HAS_ORT else "torch")
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 6])
 def test_batches_are_answered_exactly_as_the_same_eager_batches(model, engines, frames, n) -> None:
     traced, eager = engines
-    for split, tasks in ((4, ("cls",)), (6, ("cls", "seg"))):
+    for split, tasks in ((4, ("cls",)), (6, ("cls", "seg")), (4, ("dpt",)), (6, ("seg", "dpt"))):
         checked = [traced.validate(_req(model, split, enc, tasks)) for enc in frames[split][:n]]
         features = [traced.decode(c) for c in checked]
+        traced.warm("dpt", split)
         got = traced._compute_many(checked, features)
         want = eager._compute_many(checked, features)
         for a, b in zip(got, want, strict=True):
-            _assert_identical(a, b)
+            _assert_identical(a, b, depth_atol=_dpt_atol(traced, model, split))
 
 
 def test_threads_sharing_a_trace_get_the_eager_answers(model) -> None:
@@ -129,7 +145,7 @@ def test_a_forward_the_trace_does_not_reproduce_runs_eagerly(mode) -> None:
     assert stub.eager_calls == before + 1  # the model itself answered
 
 
-def test_a_faithful_stub_is_traced_and_dpt_never_is() -> None:
+def test_a_faithful_stub_is_traced_and_a_task_not_listed_is_not() -> None:
     stub = _Stub("plain")
     forwards = TracedForwards(stub)
     x = torch.randn(3, 5, 8)
@@ -180,5 +196,65 @@ def test_traces_build_in_the_background_and_warm_waits_for_them(model, frames) -
     first = engine.infer(req)  # answered at once (eagerly) while the cls trace of split 4 builds
     assert engine.warm("cls", 4) == {model.meta.name: True} and forwards.traced("cls", 4)
     _assert_identical(engine.infer(req).predictions, first.predictions)
-    assert engine.warm("dpt", 4) == {model.meta.name: False}
+    assert engine.warm("dpt", 4) == {model.meta.name: True}
     assert InferenceEngine({model.meta.name: model}, traced=False).warm("cls", 4) == {model.meta.name: False}
+
+
+def test_traced_dpt_is_the_bin_scores_trace_then_the_depth_and_matches_the_definition(model) -> None:
+    """dpt runs traced up to the bin scores; its depth equals the channels-first definition on the same levels."""
+    forwards = TracedForwards(model, onnx_tasks=())
+    assert forwards.traced("dpt", 4) and forwards.runtimes[("dpt", 4)] == "torch"
+    feature = _dpt_feature(model, 4)
+    with torch.inference_mode():
+        got = forwards.cloud_predict("dpt", feature, 4)
+        assert torch.equal(got, model.cloud_predict("dpt", feature, 4))
+        assert torch.equal(got, model.dpt_depth(model.dpt_scores(feature, 4)))
+        levels = model._head_inputs("dpt", feature, 4)
+        size = (model.image_size, model.image_size)
+        want = channels_first_depth(model.dpt_head, levels, model.grid(), size)
+    assert got.shape == want.shape == (4, *size)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=2e-5)
+    assert float(got.std()) > 0.05
+
+
+def _dpt_feature(model, split: int) -> torch.Tensor:
+    """Real tokens (random ones give flat logits): the edge's dpt feature of two scenes' views, as if decoded."""
+    gen = torch.Generator().manual_seed(5)
+    with torch.inference_mode():
+        pixels = torch.from_numpy(np.concatenate([make_views("dpt", im, model.image_size)
+                                                  for im in scene_images(2, start=40)]))
+        feature = model.edge_feature(pixels, "dpt", split)
+        return feature + 0.01 * torch.randn(feature.shape, generator=gen)
+
+
+@pytest.mark.skipif(not _HAS_ORT, reason="onnxruntime is not installed")
+def test_dpt_in_onnxruntime_matches_the_eager_model_and_the_definition(model) -> None:
+    forwards = TracedForwards(model)
+    assert forwards.traced("dpt", 4) and forwards.runtimes[("dpt", 4)] == "onnxruntime"
+    for n_views in (4, 6):  # other batch sizes than the exported one
+        feature = torch.cat([_dpt_feature(model, 4)] * (n_views // 4) + [_dpt_feature(model, 4)[: n_views % 4]])
+        with torch.inference_mode():
+            got = forwards.cloud_predict("dpt", feature, 4)
+            eager = model.cloud_predict("dpt", feature, 4)
+            levels = model._head_inputs("dpt", feature, 4)
+            size = (model.image_size, model.image_size)
+            want = channels_first_depth(model.dpt_head, levels, model.grid(), size)
+        assert got.shape == eager.shape == (n_views, *size)
+        diff = float((got - eager).abs().max())
+        assert 0.0 < diff <= 2e-5  # float32 rounding of other kernels, far inside ONNX_TOLERANCE
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=4e-5)
+
+
+@pytest.mark.skipif(not _HAS_ORT, reason="onnxruntime is not installed")
+def test_dpt_stays_in_torch_without_onnxruntime_or_when_its_answers_differ(model, monkeypatch) -> None:
+    assert InferenceEngine({model.meta.name: model}, onnxruntime=False).warm("dpt", 6) == {model.meta.name: True}
+    monkeypatch.setattr("cfqa_cloud.engine.ONNX_TOLERANCE", -1.0)  # no answer is close enough
+    forwards = TracedForwards(model)
+    assert forwards.traced("dpt", 6) and forwards.runtimes[("dpt", 6)] == "torch"
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
+    forwards = TracedForwards(model)
+    assert forwards.traced("dpt", 6) and forwards.runtimes[("dpt", 6)] == "torch"
+    feature = _dpt_feature(model, 6)
+    with torch.inference_mode():
+        assert torch.equal(forwards.cloud_predict("dpt", feature, 6), model.cloud_predict("dpt", feature, 6))

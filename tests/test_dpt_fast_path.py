@@ -68,6 +68,22 @@ def test_geometric_depth_equals_upsampled_softmax(n, grid, out_size) -> None:
         torch.testing.assert_close(head(levels, grid, out_size), fast, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("band_bytes", [1, 20_000, 1 << 19])  # one row of one image, a few rows, all at once
+def test_geometric_depth_is_the_same_in_bands_and_image_groups(monkeypatch, band_bytes) -> None:
+    """The workspace bounds (rows per band, images per group) change the order of work, not the values."""
+    grid, out_size = (6, 5), (84, 70)
+    head, levels = _head_and_levels(16, 5, grid, seed=2)
+    with torch.inference_mode():
+        scores = head.bin_scores(levels)
+        want = depth_from_scores(scores.double(), grid, out_size, head.bins.double())
+        monkeypatch.setattr(heads, "_GEOMETRIC_BAND_BYTES", band_bytes)
+        got = heads._depth_geometric(scores, grid, out_size, head.bins)
+        got64 = heads._depth_geometric(scores.double(), grid, out_size, head.bins.double())
+    assert got is not None and got.shape == (5, *out_size)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-5)
+    torch.testing.assert_close(got64, want, rtol=0, atol=1e-10)
+
+
 def test_head_falls_back_to_upsampling_outside_the_fast_range() -> None:
     grid, out_size = (3, 4), (42, 56)
     head, levels = _head_and_levels(16, 2, grid)

@@ -117,19 +117,38 @@ class SplitModel(nn.Module):
             sent[i + 1] = t
         return [sent[b] for b in dpt_blocks(self.depth)]
 
-    def cloud_predict(self, task: str, feature: torch.Tensor, split: int | None = None) -> torch.Tensor:
-        """Per-view head output: cls logits (N, C); seg logits (N, C, H, W); depth (N, H, W)."""
-        split = self.depth if split is None else split
+    def _head_inputs(self, task: str, feature: torch.Tensor, split: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(CLS, patches) of every final-normed level the task's head reads."""
         self._require_head(task)
         self.check_feature(task, feature, split)
         levels = [self.backbone.norm(t) for t in self._levels(task, feature, split)]
-        parts = [self.backbone.split_tokens(t) for t in levels]
+        return [self.backbone.split_tokens(t) for t in levels]
+
+    def cloud_predict(self, task: str, feature: torch.Tensor, split: int | None = None) -> torch.Tensor:
+        """Per-view head output: cls logits (N, C); seg logits (N, C, H, W); depth (N, H, W)."""
+        split = self.depth if split is None else split
+        parts = self._head_inputs(task, feature, split)
         size = (self.image_size, self.image_size)
         if task == "cls":
             return self.cls_head(*parts[-1])
         if task == "seg":
             return self.seg_head(parts[-1][1], self.grid(), size)
         return self.dpt_head(parts, self.grid(), size)
+
+    def dpt_scores(self, feature: torch.Tensor, split: int | None = None) -> torch.Tensor:
+        """Depth-bin logits (N, P, K) of a dpt feature: the first half of ``cloud_predict("dpt")``.
+
+        Everything up to the depth head's per-pixel work: the remaining blocks, the norm and
+        the head's linear layer. Fixed operators for any batch, so the cloud traces it;
+        ``dpt_depth`` of the result is ``cloud_predict("dpt", feature, split)``.
+        """
+        split = self.depth if split is None else split
+        return self.dpt_head.bin_scores(self._head_inputs("dpt", feature, split))
+
+    def dpt_depth(self, scores: torch.Tensor) -> torch.Tensor:
+        """Depth (N, H, W) in metres from ``dpt_scores``: the second half of ``cloud_predict("dpt")``."""
+        size = (self.image_size, self.image_size)
+        return self.dpt_head.depth_from_scores(scores, self.grid(), size)
 
     def forward_tasks(self, pixels: torch.Tensor, out_size: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
         """All heads on one batch in a single backbone pass (used for training)."""
