@@ -57,6 +57,16 @@ ONNX_TOLERANCE = 1e-4  # max abs difference from the eager output (metres of dep
 _PROBE_SIZES = (2, 1, 3, 5)
 _PROBE_RUNS = 3
 _ONNX_OPSET = 17
+# Traces are built in a background thread while requests are served, where warnings.catch_warnings
+# would swap the filters of every thread: narrow process-wide filters instead. torch.jit.trace and the
+# TorchScript ONNX exporter are deprecated in favour of torch.compile/export, which would generate other
+# kernels (other roundings); the tracer's shape warnings on the project's model code are covered by the
+# engine's own shape checks before any call and by the probes.
+for _message, _module in ((r"`torch\.jit\.trace(_method)?` is deprecated", ""),
+                          (r"You are using the legacy TorchScript-based ONNX export", ""),
+                          (r"The feature will be removed", r"torch\.onnx")):
+    warnings.filterwarnings("ignore", message=_message, category=DeprecationWarning, module=_module)
+warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"cfqa_core\.models(\.|$)")
 
 
 class UnknownModelError(ModelError):
@@ -220,11 +230,7 @@ class TracedForwards:
 
         probes = _probes(model, task, split)
         try:
-            with torch.inference_mode(), warnings.catch_warnings():
-                # torch.jit.trace is deprecated in favour of torch.compile/export, which would
-                # generate other kernels (other roundings); the shape checks it warns about
-                # are the engine's own before any call.
-                warnings.simplefilter("ignore")
+            with torch.inference_mode():
                 traced = torch.jit.trace(_TracedPart(model, task, split), probes[0], check_trace=False)
                 fn = traced if task != "dpt" else _then_depth(traced, model)
                 for _ in range(_PROBE_RUNS):
@@ -287,8 +293,7 @@ def _onnxruntime_forward(model: SplitModel, task: str, split: int) -> Callable |
     probes = _probes(model, task, split)
     try:
         graph = io.BytesIO()
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and shape-check warnings
+        with torch.no_grad():
             torch.onnx.export(_TracedPart(model, task, split), (probes[0],), graph, input_names=["feature"],
                               output_names=["out"], dynamic_axes={"feature": {0: "n"}, "out": {0: "n"}},
                               opset_version=_ONNX_OPSET, dynamo=False)
