@@ -35,7 +35,8 @@ SPARE_THREADS = 4
 HARD_EXIT_MARGIN_S = 3.0
 TOKEN_ENV = "CFQA_TOKEN"
 # Set to 0 to run the model's cloud part eagerly instead of through its verified TorchScript
-# traces (cfqa_cloud.engine.TracedForwards); the answers are the same either way.
+# traces (cfqa_cloud.engine.TracedForwards); the answers are the same either way, except dpt's
+# in ONNX Runtime (float32 rounding of other kernels, ~1e-5 m; ``onnxruntime_forward``).
 TRACED_ENV = "CFQA_TRACED_FORWARD"
 
 
@@ -103,6 +104,8 @@ class ServerConfig:
     cache_ttl_s: float = 600.0
     # The model's cloud part through verified TorchScript traces (default; $CFQA_TRACED_FORWARD=0: eager).
     traced_forward: bool = field(default_factory=lambda: os.environ.get(TRACED_ENV, "1").strip() != "0")
+    # Dpt's traced part in ONNX Runtime when installed and within 1e-4 m of eager (off: torch, bit for bit).
+    onnxruntime_forward: bool = True
     # Earlier names: ``max_concurrent`` sets ``max_queue``; ``workers`` is accepted and ignored
     # (handler threads are sized from the stream and queue limits).
     max_concurrent: int | None = None
@@ -324,7 +327,8 @@ def start_server(config: ServerConfig, engine: InferenceEngine | None = None) ->
         torch.set_num_threads(threads)
     engine = engine or InferenceEngine.from_specs(
         config.models, max_batch_size=config.max_batch_size, max_batch_delay_s=config.max_batch_delay_s,
-        batch_workers=config.batch_workers, traced=config.traced_forward)
+        batch_workers=config.batch_workers, traced=config.traced_forward,
+        onnxruntime=config.onnxruntime_forward)
     metrics = CloudMetrics()
     interceptors = []
     if config.token:

@@ -187,6 +187,9 @@ def test_cloud_serve_eager_turns_the_traces_off(monkeypatch) -> None:
     assert server_config(parser.parse_args(["cloud", "serve"]), None).traced_forward
     eager = server_config(parser.parse_args(["cloud", "serve", "--eager", "--max-batch-size", "4"]), None)
     assert not eager.traced_forward and eager.max_batch_size == 4
+    assert server_config(parser.parse_args(["cloud", "serve"]), None).onnxruntime_forward
+    torch_only = server_config(parser.parse_args(["cloud", "serve", "--no-onnxruntime"]), None)
+    assert torch_only.traced_forward and not torch_only.onnxruntime_forward
 
 
 def test_traces_build_in_the_background_and_warm_waits_for_them(model, frames) -> None:

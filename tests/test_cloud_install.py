@@ -1,7 +1,8 @@
 """The lean ``[cloud]`` extra (the server image's install) serves on its own.
 
 Builds a fresh virtual environment with only ``pip install <repo>[cloud]``,
-checks that the simulator's and plotting's packages are absent, and starts
+checks that the simulator's and plotting's packages are absent, that dpt's
+traced part runs in ONNX Runtime there, and starts
 ``cfqa cloud serve`` from it; a gRPC health check must answer SERVING.
 """
 from __future__ import annotations
@@ -34,6 +35,12 @@ def test_cloud_extra_is_lean_and_serves(cloud_venv, tmp_path) -> None:
     found = json.loads(absent.stdout)
     assert found == {"matplotlib": False, "pandas": False, "simpy": False, "scipy": False, "pyarrow": False,
                      "torch": True, "constriction": True, "grpc_health": True}
+    # The image's install takes the fast dpt path: its traced part exported to and run by ONNX Runtime.
+    runtimes = subprocess.run(
+        [py, "-c", "from cfqa_cloud.engine import TracedForwards; from cfqa_core.models import load_model; "
+                   "t = TracedForwards(load_model('embedded')); print(t.traced('dpt', 4), t.runtimes[('dpt', 4)])"],
+        capture_output=True, text=True, timeout=300, env=clean_env(), cwd=tmp_path)
+    assert runtimes.stdout.split() == ["True", "onnxruntime"], runtimes.stderr[-2000:]
     server = subprocess.Popen([str(cloud_venv / "bin" / "cfqa"), "cloud", "serve", "--port", "0",
                                "--model", "embedded"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(), cwd=tmp_path)
