@@ -88,14 +88,13 @@ def gumbel_bank(size: int, classes: int, draws: int = DRAWS, correlation: float 
 
 def mask_mious(pred: np.ndarray, masks: np.ndarray, classes: int) -> np.ndarray:
     """mIoU of one (P,) label map against each of (D, P) masks, over the classes in the mask or the
-    prediction (as :func:`cfqa_core.tasks.miou`)."""
+    prediction (:func:`cfqa_core.tasks.miou`, the D confusion matrices counted in one pass)."""
+    from cfqa_core.tasks import miou_from_confusion  # PIL-importing module: not at the edge's import time
+
     d = masks.shape[0]
     idx = (np.arange(d)[:, None] * classes + masks) * classes + pred[None, :]
     conf = np.bincount(idx.ravel(), minlength=d * classes * classes).reshape(d, classes, classes)
-    inter = np.diagonal(conf, axis1=1, axis2=2).astype(np.float64)
-    union = conf.sum(axis=1) + conf.sum(axis=2) - inter
-    present = union > 0
-    return np.where(present, inter / np.maximum(union, 1), 0.0).sum(axis=1) / present.sum(axis=1)
+    return np.array([miou_from_confusion(c) for c in conf])
 
 
 def posterior_masks(logits: np.ndarray, cal: SegRiskCalibration) -> np.ndarray:

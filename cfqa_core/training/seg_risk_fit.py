@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cfqa_core.metrics.seg_risk import SegRiskCalibration, mask_mious, posterior_masks
+from cfqa_core.tasks import miou
 
 CORRELATIONS: tuple[float, ...] = (0.0, 7.0, 14.0, 28.0, 56.0, 128.0)   # 0: independent pixels
 
@@ -43,7 +44,7 @@ def correlation_errors(logits: np.ndarray, masks: np.ndarray, temperature: float
     """Per correlation: RMSE over images between mean mIoU(labels, drawn masks) and mIoU(labels, true mask)."""
     classes = logits.shape[-1]
     labels = [lg.reshape(-1, classes).argmax(axis=-1) for lg in logits]
-    true = np.array([mask_mious(c, m.reshape(1, -1).astype(np.int64), classes)[0] for c, m in zip(labels, masks)])
+    true = np.array([miou(c, m.reshape(-1), classes) for c, m in zip(labels, masks)])
     errors = {}
     for corr in correlations:
         cal = SegRiskCalibration(temperature, float(corr))
