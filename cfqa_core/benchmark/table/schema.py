@@ -26,6 +26,7 @@ BASE_COLUMNS: tuple[str, ...] = (
     "feature_elements",
 )
 DEFAULT_METRICS: tuple[str, ...] = ("mse", "psnr", "cosine", "cosine_flat", "cka")
+TABLE_FILE = "table.parquet"
 # Distilled from the embedded model's cloud: their shipped weights fit no other model.
 TASK_AWARE_METRICS: tuple[str, ...] = ("proxy", "proxy_risk")
 
@@ -33,7 +34,6 @@ TASK_AWARE_METRICS: tuple[str, ...] = ("proxy", "proxy_risk")
 def default_metrics(model: str) -> tuple[str, ...]:
     """The metrics a build scores unless told: the paper's, and the task-aware ones for the embedded model."""
     return DEFAULT_METRICS + (TASK_AWARE_METRICS if model == "embedded" else ())
-TABLE_FILE = "table.parquet"
 
 
 def require_columns(columns, needed, what: str) -> None:
