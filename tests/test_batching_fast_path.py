@@ -212,12 +212,16 @@ def test_traced_dpt_is_the_bin_scores_trace_then_the_depth_and_matches_the_defin
         got = forwards.cloud_predict("dpt", feature, 4)
         assert torch.equal(got, model.cloud_predict("dpt", feature, 4))
         assert torch.equal(got, model.dpt_depth(model.dpt_scores(feature, 4)))
-        levels = model._head_inputs("dpt", feature, 4)
-        size = (model.image_size, model.image_size)
-        want = channels_first_depth(model.dpt_head, levels, model.grid(), size)
-    assert got.shape == want.shape == (4, *size)
+        want = _definition_depth(model, feature, 4)
+    assert got.shape == want.shape == (4, model.image_size, model.image_size)
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=2e-5)
     assert float(got.std()) > 0.05
+
+
+def _definition_depth(model, feature: torch.Tensor, split: int) -> torch.Tensor:
+    """The channels-first depth definition on the model's own final-normed levels of ``feature``."""
+    levels = model._head_inputs("dpt", feature, split)
+    return channels_first_depth(model.dpt_head, levels, model.grid(), (model.image_size, model.image_size))
 
 
 def _dpt_feature(model, split: int) -> torch.Tensor:
@@ -239,10 +243,8 @@ def test_dpt_in_onnxruntime_matches_the_eager_model_and_the_definition(model) ->
         with torch.inference_mode():
             got = forwards.cloud_predict("dpt", feature, 4)
             eager = model.cloud_predict("dpt", feature, 4)
-            levels = model._head_inputs("dpt", feature, 4)
-            size = (model.image_size, model.image_size)
-            want = channels_first_depth(model.dpt_head, levels, model.grid(), size)
-        assert got.shape == eager.shape == (n_views, *size)
+            want = _definition_depth(model, feature, 4)
+        assert got.shape == eager.shape == (n_views, model.image_size, model.image_size)
         diff = float((got - eager).abs().max())
         assert 0.0 < diff <= 2e-5  # float32 rounding of other kernels, far inside ONNX_TOLERANCE
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=4e-5)
